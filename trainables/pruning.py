@@ -1,0 +1,78 @@
+"""Pruning strategies: score the surviving weights, keep the best, with exact per-level sparsity."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from trainables.config import PruneConfig
+from trainables.masks import Layer, Mask
+from trainables.registry import Registry
+
+# score(trained, rewound, generator) -> same-shape scores; higher scores are kept.
+Score = Callable[[Tensor, Tensor, torch.Generator], Tensor]
+STRATEGIES: Registry[Score] = Registry("pruning strategy", "lth list strategies")
+
+STRATEGIES.register("magnitude", "keep the largest trained |w| (Frankle & Carbin 2019; Zhou et al.'s large_final)")(
+    lambda trained, rewound, g: trained.abs())
+STRATEGIES.register("large_init", "keep the largest |w| at the rewind point (Zhou et al. 2019)")(
+    lambda trained, rewound, g: rewound.abs())
+STRATEGIES.register("magnitude_increase", "keep the largest |w_trained| - |w_rewound| (Zhou et al. 2019)")(
+    lambda trained, rewound, g: trained.abs() - rewound.abs())
+STRATEGIES.register("movement", "keep the largest |w_trained - w_rewound| (Zhou et al. 2019)")(
+    lambda trained, rewound, g: (trained - rewound).abs())
+STRATEGIES.register("random", "keep uniformly random weights (Zhou et al. 2019; a pruning-rule control)")(
+    lambda trained, rewound, g: torch.rand(trained.shape, generator=g))
+
+
+def target_kept(numel: int, rate: float, level: int) -> int:
+    """Weights left after `level` levels of removing `rate` of the remainder.
+
+    Computed from the original count, not level by level, so rounding never accumulates:
+    every level is within one weight of numel * (1 - rate) ** level.
+    """
+    return round(numel * (1 - rate) ** level)
+
+
+def _keep_top(scores: Tensor, alive: Tensor, count: int) -> Tensor:
+    """The `count` best-scoring alive entries; ties go to the lower index, so masks are reproducible."""
+    scores = torch.where(alive, scores.float(), torch.tensor(-torch.inf))
+    order = torch.sort(scores, descending=True, stable=True).indices
+    keep = torch.zeros_like(alive)
+    keep[order[:count]] = True
+    return keep
+
+
+def prune(mask: Mask, layers: list[Layer], trained: Mapping[str, Tensor], rewound: Mapping[str, Tensor],
+          cfg: PruneConfig, level: int, generator: torch.Generator) -> Mask:
+    """The level-`level` mask: prune the survivors of `mask` down to their per-kind targets.
+
+    `layerwise` gives each layer its own target; `global` pools each kind's layers (conv,
+    linear, output) and lets magnitudes compete across layers within the kind.
+    """
+    score = STRATEGIES.get(cfg.strategy)
+    flat = {l.name: score(trained[l.name].detach().cpu().float(), rewound[l.name].detach().cpu().float(),
+                          generator).ravel() for l in layers}
+    groups = [[l] for l in layers] if cfg.scope == "layerwise" else [
+        [l for l in layers if l.kind == kind] for kind in ("conv", "linear", "output")]
+    out = {}
+    for group in filter(None, groups):
+        names = [l.name for l in group]
+        alive = torch.cat([mask.tensors[n].ravel() for n in names])
+        count = target_kept(alive.numel(), cfg.rate_for(group[0].kind), level)
+        keep = _keep_top(torch.cat([flat[n] for n in names]), alive, min(count, int(alive.sum())))
+        for n, part in zip(names, keep.split([l.numel for l in group])):
+            out[n] = part.view_as(mask.tensors[n])
+    return Mask(out)
+
+
+def random_like(mask: Mask, generator: torch.Generator) -> Mask:
+    """Random positions with the same number kept in every layer (the random-pruning control)."""
+    out = {}
+    for name, t in mask.tensors.items():
+        keep = torch.zeros(t.numel(), dtype=torch.bool)
+        keep[torch.randperm(t.numel(), generator=generator)[: int(t.sum())]] = True
+        out[name] = keep.view_as(t)
+    return Mask(out)

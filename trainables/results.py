@@ -1,0 +1,75 @@
+"""Result tables: fixed Parquet schemas and an atomic writer.
+
+A table is rewritten whole into a temporary file and renamed over the old one, so a reader
+(pandas, DuckDB, polars, or a resuming run) sees either the previous complete file or the new
+one, never a truncated file, even if the writer is killed mid-write.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+VARIANTS = ("dense", "ticket", "reinit", "random_mask")
+
+# One row per (level, variant) of an IMP run.
+LEVELS_SCHEMA = pa.schema([
+    ("run_name", pa.string()),
+    ("config_hash", pa.string()),
+    ("dense_hash", pa.string()),
+    ("arch", pa.string()),
+    ("dataset", pa.string()),
+    ("seed", pa.int64()),
+    ("level", pa.int64()),
+    ("variant", pa.string()),  # one of VARIANTS
+    ("weights_remaining", pa.float64()),  # kept fraction of prunable weights
+    ("test_accuracy", pa.float64()),  # at the end of training
+    ("test_loss", pa.float64()),
+    ("val_loss", pa.float64()),
+    ("early_stop_iter", pa.int64()),  # iteration of minimum validation loss
+    ("early_stop_accuracy", pa.float64()),  # test accuracy there
+    ("early_stop_val_loss", pa.float64()),
+    ("start_iter", pa.int64()),  # the rewind iteration for tickets and controls
+    ("end_iter", pa.int64()),
+    ("train_seconds", pa.float64()),
+    ("finished_at", pa.timestamp("ms", tz="UTC")),
+])
+
+# Every evaluation along every training run: learning curves and the early-stop record.
+HISTORY_SCHEMA = pa.schema([
+    ("level", pa.int64()),
+    ("variant", pa.string()),
+    ("iteration", pa.int64()),
+    ("val_loss", pa.float64()),
+    ("val_accuracy", pa.float64()),
+    ("test_loss", pa.float64()),
+    ("test_accuracy", pa.float64()),
+])
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_table(path: Path, schema: pa.Schema) -> pa.Table:
+    return pq.read_table(path, schema=schema) if path.exists() else schema.empty_table()
+
+
+def append_rows(path: Path, schema: pa.Schema, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Append rows to the table at `path` atomically; returns the whole new table."""
+    new = pa.Table.from_pylist([dict(r) for r in rows], schema=schema)
+    table = pa.concat_tables([read_table(path, schema), new])
+    write_atomic(table, path)
+    return table

@@ -1,0 +1,147 @@
+"""The training loop, its schedule and evaluation.
+
+The loop is deliberately bare: batches come from device-resident tensors, the learning rate
+is a Python float, pruned weights are zeroed in place, and nothing reads a value back to the
+host. Everything else (evaluation, rewind snapshots, progress) is a callback fired at
+iterations it asks for, so a step with no event costs exactly what a hand-written loop does.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainables.config import TrainConfig, to_iterations
+from trainables.data import Dataset
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Iteration bounds and the learning-rate multiplier at each iteration."""
+
+    end: int
+    warmup: int
+    milestones: tuple[int, ...]
+    gamma: float
+    eval_every: int
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
+        it = lambda d: to_iterations(d, steps_per_epoch)  # noqa: E731
+        return cls(it(cfg.length), it(cfg.warmup), tuple(sorted(map(it, cfg.milestones))), cfg.gamma,
+                   it(cfg.eval_every))
+
+    def lr_factor(self, it: int) -> float:
+        """Linear warm-up from 0 over `warmup` iterations, then x gamma at every milestone passed."""
+        warm = min(1.0, it / self.warmup) if self.warmup else 1.0
+        return warm * self.gamma ** bisect.bisect_right(self.milestones, it)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov)
+
+
+class Callback(Protocol):
+    def iterations(self, start: int, end: int) -> Iterable[int]:
+        """Iterations (in [start, end]) after which to be called; `start` means before the first step."""
+
+    def __call__(self, it: int) -> None: ...
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, cfg: TrainConfig, *,
+          data_seed: int, start: int = 0, keep_mask: Callable[[], None] = lambda: None,
+          callbacks: Iterable[Callback] = ()) -> None:
+    """Train from iteration `start` (a rewind point keeps its schedule position) to the end."""
+    schedule = Schedule.of(cfg, data.steps_per_epoch(cfg.batch_size))
+    events: dict[int, list[Callback]] = {}
+    for cb in callbacks:
+        for it in sorted(set(cb.iterations(start, schedule.end))):
+            events.setdefault(it, []).append(cb)
+    batches = data.train_batches(cfg.batch_size, data_seed)
+    groups = optimizer.param_groups
+    keep_mask()
+    for cb in events.get(start, ()):
+        cb(start)
+    model.train()
+    factor = None
+    for it in range(start, schedule.end):
+        if (new := schedule.lr_factor(it)) != factor:
+            factor = new
+            for group in groups:
+                group["lr"] = cfg.lr * factor
+        x, y = batches(it)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        keep_mask()
+        for cb in events.get(it + 1, ()):
+            cb(it + 1)
+
+
+@dataclass
+class Evaluation:
+    iteration: int
+    metrics: dict[str, Tensor]  # "{split}_loss", "{split}_accuracy": device scalars until read
+
+
+@dataclass
+class Evaluator:
+    """Loss and accuracy on the validation and test sets every `every` iterations.
+
+    Results stay on the device; `history()` reads them back once, so evaluation never forces
+    a host sync of its own. The early-stop iteration is the one with the lowest validation loss.
+    """
+
+    model: nn.Module
+    data: Dataset
+    every: int
+    batch_size: int
+    splits: tuple[str, ...] = ("val", "test")
+    records: list[Evaluation] = field(default_factory=list)
+    on_record: Callable[[Evaluation], None] | None = None
+
+    def iterations(self, start: int, end: int) -> Iterable[int]:
+        return [start, *range(start - start % self.every + self.every, end, self.every), end]
+
+    @torch.no_grad()
+    def __call__(self, it: int) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        metrics = {}
+        for split in self.splits:
+            loss = correct = count = 0
+            for x, y in self.data.eval_batches(split, self.batch_size):
+                logits = self.model(x)
+                loss = loss + F.cross_entropy(logits, y, reduction="sum")
+                correct = correct + (logits.argmax(1) == y).sum()
+                count += len(y)
+            metrics[f"{split}_loss"] = loss / count
+            metrics[f"{split}_accuracy"] = correct / count
+        self.model.train(was_training)
+        self.records.append(Evaluation(it, metrics))
+        if self.on_record:
+            self.on_record(self.records[-1])
+
+    def history(self) -> list[dict[str, float]]:
+        values = torch.stack([torch.stack(list(r.metrics.values())) for r in self.records]).tolist()
+        keys = list(self.records[0].metrics)
+        return [{"iteration": r.iteration, **dict(zip(keys, v))} for r, v in zip(self.records, values)]
+
+
+def summarize(history: list[dict[str, float]]) -> dict[str, float]:
+    """Final test metrics and the early-stop point (minimum validation loss, first on ties)."""
+    final = history[-1]
+    best = min(history, key=lambda h: h["val_loss"])
+    return {"test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
+            "val_loss": final["val_loss"], "early_stop_iter": best["iteration"],
+            "early_stop_accuracy": best["test_accuracy"], "early_stop_val_loss": best["val_loss"]}
