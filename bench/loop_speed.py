@@ -3,7 +3,8 @@
 Both train LeNet-300-100 with Adam on the same device-resident MNIST-shaped tensors (55,000
 synthetic images, batch 60), dense and at a pruned level (masks applied after every step).
 The plain loop is what a researcher would write by hand: normalised float tensors, one
-permutation per epoch, slicing, forward/backward/step, `w.mul_(mask)`. Each measurement is
+permutation per epoch, `index_select` (10x faster than `x[idx]` on CPU), forward/backward/step,
+`w.mul_(mask)`. Each measurement is
 repeated, alternating engine and plain, and the median is kept.
 
     python bench/loop_speed.py [--iters 3000] [--repeats 5] [--device auto]
@@ -47,7 +48,7 @@ def plain_loop(model, data, iterations: int, batch_size: int, lr: float, masks: 
         if it % steps == 0:
             order = torch.randperm(len(x), generator=g, device=x.device)
         idx = order[(it % steps) * batch_size:(it % steps + 1) * batch_size]
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss = F.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.config import DataConfig
+from trainables.config import ConfigError, DataConfig
 from trainables.data import (DATASETS, Dataset, DatasetNotFoundError, data_root, download_dataset,
                              load_dataset)
 
@@ -65,7 +65,7 @@ def test_validation_split_is_disjoint_and_fixed():
 
 
 def test_val_size_too_large_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"data\.val_size=100 .*'synthetic' has 100 training examples"):
+    with pytest.raises(ConfigError, match=r"data\.val_size: 100 leaves no training data.*'synthetic' has 100 training"):
         fresh(DataConfig(dataset="synthetic", train_size=100, val_size=100))
 
 

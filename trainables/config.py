@@ -8,6 +8,7 @@ never renames existing runs; `tests/test_config.py` pins the hashes.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -422,7 +423,7 @@ def load_config(path: str | Path | None = None, preset: str | None = None,
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(source, [f"preset: {PRESETS.unknown_message(preset)}"])
-        raw = _merge(PRESETS.get(preset).values, raw)
+        raw = _merge(copy.deepcopy(PRESETS.get(preset).values), raw)
         source = f"{source} + preset {preset}" if path else f"preset {preset}"
     items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
     for key, value in items:

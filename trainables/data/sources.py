@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainables.config import DataConfig
+from trainables.config import ConfigError, DataConfig
 from trainables.data.base import Dataset
 from trainables.registry import Registry
 
@@ -49,8 +49,9 @@ def _dataset(cfg: DataConfig, x: Tensor, y: Tensor, x_test: Tensor, y_test: Tens
     """Hold out the validation split and apply the config's overrides of the dataset's defaults."""
     val_size = val_size if cfg.val_size is None else cfg.val_size
     if val_size >= len(y):
-        raise ValueError(f"data.val_size={val_size} leaves no training data: dataset {cfg.dataset!r} "
-                         f"has {len(y)} training examples; choose a smaller data.val_size")
+        raise ConfigError(f"dataset {cfg.dataset}", [
+            f"data.val_size: {val_size} leaves no training data: dataset {cfg.dataset!r} has {len(y)} training "
+            "examples; choose a smaller data.val_size"])
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(_VAL_SEED))
     val, train = perm[:val_size].sort().values, perm[val_size:].sort().values
     return Dataset(name=cfg.dataset, x_train=x[train], y_train=y[train], x_val=x[val], y_val=y[val],

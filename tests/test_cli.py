@@ -1,0 +1,73 @@
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator.cli import main
+from trainables.config import load_config
+from trainables.data import load_dataset
+from trainables.masks import prunable_layers
+from trainables.models import MODELS, build_model
+from trainables.presets import PRESETS
+from trainables.pruning import target_kept
+
+
+def test_registries_are_listable(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{name} " in out for name in PRESETS.names()) and "Frankle & Carbin 2019" in out
+    for kind, names in [("models", MODELS.names()), ("controls", ["reinit", "random_mask"]),
+                        ("strategies", ["magnitude", "movement"]), ("datasets", ["mnist5k", "cifar10"])]:
+        assert main(["list", kind]) == 0
+        out = capsys.readouterr().out
+        assert all(name in out for name in names)
+    assert MODELS.names()[0] == "lenet_300_100" and len(MODELS.names()) == 9
+
+
+def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path, capsys):
+    assert main(["imp", "--preset", "quickstart", "--set", "train.lr=fast", "--set", "model.arch=resnet18",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr: expected a number, got 'fast'" in err and "model.arch: unknown architecture" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+    assert main(["imp", "--preset", "resnet20", "--set", f"data.root={tmp_path}", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"dataset 'cifar10' not found in {tmp_path}" in err and "lth data download cifar10" in err
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert main(["imp", "--preset", "quickstart", "--set", "train.lr=0.002", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.002" in out and "dataset: mnist5k" in out and "# run name: lenet_300_100-mnist5k-" in out
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path):
+    out = tmp_path / "quickstart"
+    command = [sys.executable, "-m", "orchestrator.cli", "imp", "--preset", "quickstart", "--out", str(out)]
+    tic = time.perf_counter()
+    shown = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert time.perf_counter() - tic < 120
+
+    cfg = load_config(preset="quickstart")
+    table = pq.read_table(out / "results.parquet").to_pandas()
+    levels = cfg.imp.levels
+    assert len(table) == 1 + 3 * levels
+    assert sorted(table.variant.unique()) == ["dense", "random_mask", "reinit", "ticket"]
+    data = load_dataset(cfg.data)
+    layers = prunable_layers(build_model(cfg.model, data.input_shape, data.num_classes, 0))
+    total = sum(l.numel for l in layers)
+    for level, rows in table.groupby("level"):
+        kept = sum(target_kept(l.numel, cfg.prune.rate_for(l.kind), level) for l in layers)
+        assert rows.weights_remaining.tolist() == pytest.approx([kept / total] * len(rows))
+        assert set(rows.variant) == ({"dense"} if level == 0 else {"ticket", "reinit", "random_mask"})
+        assert f"\n    {level}  " in shown  # the per-level table printed as it went
+    assert table.weights_remaining.min() == pytest.approx(0.5 ** levels, rel=0.1)
+    assert table.test_accuracy.between(0.8, 1).all()  # real digits: every variant learns
+    assert table.early_stop_iter.between(0, 1500).all() and table.train_seconds.gt(0).all()
+
+    again = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert f"finished levels: {list(range(levels + 1))}" in again  # resuming a finished run trains nothing
+    assert len(pq.read_table(out / "results.parquet")) == len(table)
