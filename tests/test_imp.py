@@ -181,3 +181,16 @@ def test_corrupt_checkpoint_and_foreign_directory_are_clear_errors(tmp_path):
 def test_config_errors_found_when_the_run_starts(tmp_path, updates, message):
     with pytest.raises(ConfigError, match=message):
         ImpRun(config(**updates), tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_imp_on_cuda_keeps_data_on_the_device_and_pruned_weights_zero(tmp_path):
+    cfg = config(**{"runtime.device": "cuda", "imp.levels": 1})
+    run = ImpRun(cfg, tmp_path)
+    assert run.data.x_train.is_cuda
+    table = run.run().to_pandas()
+    assert len(table) == 4 and table.test_accuracy.between(0, 1).all()
+    mask = Mask.from_state(torch.load(tmp_path / "checkpoints/level_001/mask.pt"))
+    trained = torch.load(tmp_path / "checkpoints/level_001/weights.pt")
+    assert all((trained[f"{n}.weight"][~keep] == 0).all() for n, keep in mask.tensors.items())

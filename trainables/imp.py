@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import yaml
@@ -103,17 +103,6 @@ def _save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _load(path: Path, run_dir: Path, finished: int) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        problem = "is missing" if not path.exists() else f"cannot be read ({type(exc).__name__}: {detail})"
-        raise CheckpointError(
-            f"checkpoint {path} {problem}. The {finished} finished level(s) in {run_dir / 'results.parquet'} are "
-            "kept. Fix: restore the file from a copy, or start again with a fresh output directory") from None
-
-
 @dataclass
 class Snapshot:
     """Saves weights and optimiser state when training passes the rewind iteration."""
@@ -144,6 +133,7 @@ class ImpRun:
         steps = self.data.steps_per_epoch(cfg.train.batch_size)
         self.rewind_iter = to_iterations(cfg.imp.rewind_iter, steps)
         self.end_iter = to_iterations(cfg.train.length, steps)
+        self.eval_every = to_iterations(cfg.train.eval_every, steps)
         if self.rewind_iter >= self.end_iter:
             raise ConfigError(str(self.out / "config.yaml"), [
                 f"imp.rewind_iter: {cfg.imp.rewind_iter} is not before the end of training "
@@ -179,9 +169,20 @@ class ImpRun:
     def finished_levels(self) -> list[int]:
         return sorted(set(read_table(self.out / "results.parquet", LEVELS_SCHEMA).column("level").to_pylist()))
 
-    def _rewind_state(self, finished: int) -> dict[str, Any]:
+    def _load(self, path: Path) -> Any:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for truncated or foreign files
+            detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            problem = "is missing" if not path.exists() else f"cannot be read ({type(exc).__name__}: {detail})"
+            raise CheckpointError(
+                f"checkpoint {path} {problem}. The {len(self.finished_levels())} finished level(s) in "
+                f"{self.out / 'results.parquet'} are kept. Fix: restore the file from a copy, or start again "
+                "with a fresh output directory") from None
+
+    def _rewind_state(self) -> dict[str, Any]:
         if self._rewind is None:
-            self._rewind = _load(self.out / "checkpoints" / "rewind.pt", self.out, finished)
+            self._rewind = self._load(self.out / "checkpoints" / "rewind.pt")
         return self._rewind
 
     # -- starting points -------------------------------------------------------------------
@@ -191,7 +192,7 @@ class ImpRun:
 
     def rewound(self, mask: Mask) -> Start:
         """The dense run's weights and optimiser state at the rewind iteration, under `mask`."""
-        state = self._rewind_state(finished=len(self.finished_levels()))
+        state = self._rewind_state()
         model = self.new_model(self.cfg.seed)
         model.load_state_dict(state["model"])
         optimizer = make_optimizer(model, self.cfg.train)
@@ -211,32 +212,21 @@ class ImpRun:
         return read_table(self.out / "results.parquet", LEVELS_SCHEMA)
 
     def _level(self, level: int) -> None:
+        """Train one level's variants, then checkpoint it and commit its rows."""
         if level == 0:
             model = self.new_model(self.cfg.seed)
             optimizer = make_optimizer(model, self.cfg.train)
-            start = Start(model, optimizer, Mask.dense(model, self.layers))
+            main = Start(model, optimizer, Mask.dense(model, self.layers))
             snapshot = Snapshot(self.rewind_iter, model, optimizer, self.out / "checkpoints" / "rewind.pt")
-            starts = {"dense": start}
+            rows, history = self._train(level, "dense", main, [snapshot])
         else:
-            previous = self._level_dir(level - 1)
-            trained = _load(previous / "weights.pt", self.out, level)
-            mask_before = Mask.from_state(_load(previous / "mask.pt", self.out, level))
-            generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "prune", level))
-            rewound = self._rewind_state(level)["model"]
-            names = list(mask_before.tensors)
-            mask = prune(mask_before, self.layers, {n: trained[f"{n}.weight"] for n in names},
-                         {n: rewound[f"{n}.weight"] for n in names}, self.cfg.prune, level, generator)
-            starts = {"ticket": self.rewound(mask)}
-            starts.update({name: CONTROLS.get(name)(self, level, mask) for name in self.cfg.imp.controls})
-            snapshot = None
-
-        rows, history = [], []
-        for variant, start in starts.items():
-            row, curve = self._train(level, variant, start, [snapshot] if snapshot else [])
-            rows.append(row)
-            history += curve
+            main = self.rewound(self._prune(level))
+            rows, history = self._train(level, "ticket", main)
+            for name in self.cfg.imp.controls:  # built one at a time: only two models live at once
+                row, curve = self._train(level, name, CONTROLS.get(name)(self, level, main.mask))
+                rows += row
+                history += curve
         level_dir = self._level_dir(level)
-        main = starts["dense" if level == 0 else "ticket"]
         _save(main.mask.state(), level_dir / "mask.pt")
         _save(main.model.state_dict(), level_dir / "weights.pt")
         append_rows(self.out / "history.parquet", HISTORY_SCHEMA, history)
@@ -245,15 +235,26 @@ class ImpRun:
             (self._level_dir(level - 1) / "weights.pt").unlink(missing_ok=True)
         self.reporter.level_done(level, rows)
 
-    def _train(self, level: int, variant: str, start: Start, extra: list) -> tuple[dict, list[dict]]:
+    def _prune(self, level: int) -> Mask:
+        """Level `level`'s mask, from the previous level's mask and trained ticket."""
+        previous = self._level_dir(level - 1)
+        trained = self._load(previous / "weights.pt")
+        before = Mask.from_state(self._load(previous / "mask.pt"))
+        rewound = self._rewind_state()["model"]
+        names = list(before.tensors)
+        generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "prune", level))
+        return prune(before, self.layers, {n: trained[f"{n}.weight"] for n in names},
+                     {n: rewound[f"{n}.weight"] for n in names}, self.cfg.prune, level, generator)
+
+    def _train(self, level: int, variant: str, start: Start, extra: Sequence = ()) -> tuple[list[dict], list[dict]]:
+        """One training run from `start`; returns its results row and its evaluation history."""
         cfg = self.cfg
         begin = 0 if variant == "dense" else self.rewind_iter
         remaining = start.mask.weights_remaining()
         self.reporter.training(level, variant, begin, self.end_iter, remaining)
         self.trainings += 1
-        evaluator = Evaluator(start.model, self.data, to_iterations(cfg.train.eval_every, self.data.steps_per_epoch(
-            cfg.train.batch_size)), cfg.runtime.eval_batch_size,
-            on_record=lambda e: self.reporter.evaluated(level, variant, e, self.end_iter))
+        evaluator = Evaluator(start.model, self.data, self.eval_every, cfg.runtime.eval_batch_size,
+                              on_record=lambda e: self.reporter.evaluated(level, variant, e, self.end_iter))
         tic = time.perf_counter()
         train(start.model, start.optimizer, self.data, cfg.train, data_seed=cfg.data_seed, start=begin,
               keep_mask=start.mask.applier(start.model), callbacks=[evaluator, *extra])
@@ -263,9 +264,4 @@ class ImpRun:
                "arch": cfg.model.arch, "dataset": cfg.data.dataset, "seed": cfg.seed, "level": level,
                "variant": variant, "weights_remaining": remaining, **summarize(curve), "start_iter": begin,
                "end_iter": self.end_iter, "train_seconds": seconds, "finished_at": datetime.now(timezone.utc)}
-        return row, [{"level": level, "variant": variant, **h} for h in curve]
-
-
-def run_imp(cfg: Config, out: str | Path, reporter: Reporter | None = None):
-    """Run (or resume) one IMP run; returns its results table."""
-    return ImpRun(cfg, out, reporter).run()
+        return [row], [{"level": level, "variant": variant, **h} for h in curve]
