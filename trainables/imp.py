@@ -16,9 +16,7 @@ an uninterrupted run computes.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +33,7 @@ from trainables.masks import Mask, prunable_layers
 from trainables.models import build_model
 from trainables.pruning import prune, random_like
 from trainables.registry import Registry
-from trainables.results import HISTORY_SCHEMA, LEVELS_SCHEMA, append_rows, read_table
+from trainables.results import HISTORY_SCHEMA, LEVELS_SCHEMA, append_rows, read_table, replacing
 from trainables.train import Evaluation, Evaluator, make_optimizer, summarize, train
 
 
@@ -97,10 +95,8 @@ def _random_mask(run: ImpRun, level: int, mask: Mask) -> Start:
 
 
 def _save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 @dataclass
