@@ -4,9 +4,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from trainables.config import ConfigError, from_dict
+from trainables.config import ConfigError, config_hash, dense_hash, from_dict
 from trainables.data import load_dataset
-from trainables.imp import CheckpointError, ImpRun, Reporter
+from trainables.imp import CheckpointError, DenseRun, ImpRun, Reporter
 from trainables.masks import Mask
 from trainables.models import build_model
 from trainables.pruning import target_kept
@@ -68,7 +68,7 @@ def test_pruned_weights_stay_zero_and_survivors_train(tmp_path):
     ImpRun(cfg, tmp_path).run()
     mask = Mask.from_state(torch.load(tmp_path / "checkpoints/level_001/mask.pt"))
     trained = torch.load(tmp_path / "checkpoints/level_001/weights.pt")
-    rewind = torch.load(tmp_path / "checkpoints/rewind.pt")
+    rewind = torch.load(tmp_path / "dense/rewind/it_0000000.pt")
     for name, keep in mask.tensors.items():
         w = trained[f"{name}.weight"]
         assert (w[~keep] == 0).all()
@@ -80,7 +80,7 @@ def test_rewind_to_init_is_the_original_initialisation(tmp_path):
     run = ImpRun(cfg, tmp_path)
     run.run()
     init = build_model(cfg.model, run.data.input_shape, run.data.num_classes, cfg.seed).state_dict()
-    rewind = torch.load(tmp_path / "checkpoints/rewind.pt")
+    rewind = torch.load(tmp_path / "dense/rewind/it_0000000.pt")
     assert rewind["iteration"] == 0
     assert all(torch.equal(init[k], v) for k, v in rewind["model"].items())
     mask = Mask.from_state(torch.load(tmp_path / "checkpoints/level_001/mask.pt"))
@@ -97,8 +97,9 @@ def test_late_rewinding_restores_weights_optimizer_and_schedule(tmp_path, optimi
     cfg = config(**{"train.optimizer": optimizer, "train.lr": 0.05 if optimizer == "sgd" else 1e-3,
                     "train.warmup": "30it", "train.milestones": ["45it"], "imp.rewind_iter": "20it",
                     "imp.levels": 1, "imp.controls": [], "prune.rate": 0.0})
-    table = ImpRun(cfg, tmp_path).run().to_pandas()
-    rewind = torch.load(tmp_path / "checkpoints/rewind.pt")
+    run = ImpRun(cfg, tmp_path)
+    table = run.run().to_pandas()
+    rewind = torch.load(tmp_path / "dense/rewind/it_0000020.pt")
     assert rewind["iteration"] == 20 and rewind["optimizer"]["state"]
 
     # The snapshot equals a dense run stopped at iteration 20 ...
@@ -112,6 +113,10 @@ def test_late_rewinding_restores_weights_optimizer_and_schedule(tmp_path, optimi
     assert ticket.start_iter == 20 and ticket.weights_remaining == 1.0
     for column in ("test_accuracy", "test_loss", "val_loss", "early_stop_iter"):
         assert ticket[column] == dense[column], column
+    # Training the ticket left the rewind state untouched: every later rewind starts from it too.
+    again = run.rewound(Mask({})).optimizer.state_dict()["state"]
+    assert all(torch.equal(v, rewind["optimizer"]["state"][i][k]) for i, st in again.items() for k, v in st.items()
+               if torch.is_tensor(v))
 
 
 def test_controls_start_where_they_should(tmp_path):
@@ -156,10 +161,45 @@ def test_resume_after_an_interrupted_level_matches_an_uninterrupted_run(tmp_path
     assert resumed.trainings == 3  # level 2's ticket and two controls; levels 0 and 1 not retrained
     assert metrics(tmp_path / "cut").equals(metrics(tmp_path / "whole"))
     assert not (tmp_path / "cut/checkpoints/level_001/weights.pt").exists()  # only dense and latest kept
-    assert (tmp_path / "cut/checkpoints/level_000/weights.pt").exists()
+    assert (tmp_path / "cut/dense/weights.pt").exists()
     finished = ImpRun(cfg, tmp_path / "cut")
     finished.run()
     assert finished.trainings == 0
+
+
+def test_runs_differing_after_dense_training_share_one_dense_run(tmp_path):
+    # Rewind point, pruning rate and controls differ; model, data, training and seed agree.
+    configs = [config(**{"imp.rewind_iter": k, "prune.rate": r, "imp.levels": 1})
+               for k in ("0it", "20it") for r in (0.2, 0.5)]
+    assert len({dense_hash(c) for c in configs}) == 1 and len({config_hash(c) for c in configs}) == 4
+    runs = [ImpRun(c, tmp_path / f"shared{i}", dense_dir=tmp_path / "dense") for i, c in enumerate(configs)]
+    for run in runs:
+        run.run()
+    # Only the first run trains the dense network; the first 20it run recreates iteration 20
+    # from the stored initial state (not a training run: no evaluation, no results row).
+    assert [r.trainings for r in runs] == [1 + 3, 3, 3, 3]
+    assert DenseRun(configs[0], tmp_path / "dense").stored() == [0, 20]
+    for i, c in enumerate(configs):  # identical to runs that trained their own dense network
+        ImpRun(c, tmp_path / f"own{i}").run()
+        assert metrics(tmp_path / f"shared{i}").equals(metrics(tmp_path / f"own{i}"))
+
+
+def test_a_recreated_rewind_point_equals_the_one_saved_during_dense_training(tmp_path):
+    cfg = config(**{"train.optimizer": "sgd", "train.lr": 0.05, "train.warmup": "30it"})
+    first = DenseRun(cfg, tmp_path / "first")
+    first.ensure([20, 45])
+    later = DenseRun(cfg, tmp_path / "later")
+    later.ensure([])
+    assert later.stored() == [0] and later.trainings == 1
+    later.ensure([20, 45])
+    assert later.stored() == [0, 20, 45] and later.trainings == 1  # recreated, not retrained
+    for k in (20, 45):
+        a, b = first.state(k), later.state(k)
+        assert all(torch.equal(a["model"][n], b["model"][n]) for n in a["model"])
+        for i, state in a["optimizer"]["state"].items():
+            assert all(torch.equal(v, b["optimizer"]["state"][i][key]) for key, v in state.items()), (k, i)
+    with pytest.raises(ConfigError, match="holds a different run"):
+        DenseRun(cfg.with_updates({"train.lr": 0.01}), tmp_path / "first")
 
 
 def test_corrupt_checkpoint_and_foreign_directory_are_clear_errors(tmp_path):

@@ -220,7 +220,7 @@ class Config:
 
 _HASH_EXCLUDED = {"runtime"}
 # Everything that decides what dense training (level 0) computes: the key of a shared dense run.
-_DENSE_SECTIONS = ("model", "data", "train", "seed")
+DENSE_SECTIONS = ("model", "data", "train", "seed")
 
 
 def _defaults(cls: type) -> dict[str, Any]:
@@ -451,7 +451,7 @@ def config_hash(cfg: Config) -> str:
 
 def dense_hash(cfg: Config) -> str:
     """Names the dense prefix (level 0): runs that differ only after dense training share it."""
-    return _digest({k: v for k, v in non_default(cfg).items() if k in _DENSE_SECTIONS})
+    return _digest({k: v for k, v in non_default(cfg).items() if k in DENSE_SECTIONS})
 
 
 def run_name(cfg: Config) -> str:

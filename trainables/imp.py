@@ -1,23 +1,32 @@
 """One IMP run: dense training, pruning levels, rewinding, controls, checkpoints and resume.
 
+Dense training (level 0) is its own directory, a `DenseRun`, so that runs differing only in
+what happens after it (pruning, rewind point, levels, controls) can share one; a standalone
+run keeps it in `dense/` inside its run directory. A dense directory holds:
+    config.yaml                      the sections that decide dense training (its `dense_hash`)
+    results.parquet, history.parquet the dense row and learning curve (the commit record)
+    weights.pt                       the trained dense network (what level 1 prunes)
+    rewind/it_NNNNNNN.pt             weights and optimiser state at each rewind point asked for
 A run directory holds:
     config.yaml                      the resolved config (identity: its content hash)
     results.parquet                  one row per level and variant (the commit record)
     history.parquet                  every evaluation of every training run
-    checkpoints/rewind.pt            weights and optimiser state at the rewind iteration
     checkpoints/level_NNN/mask.pt    the level's mask, bit-packed (every level)
-    checkpoints/level_NNN/weights.pt the level's trained ticket (dense and latest level by default)
+    checkpoints/level_NNN/weights.pt the level's trained ticket (latest level by default)
 
 A level is finished once its rows are in results.parquet; its checkpoint is written first, so
 a run killed at any point resumes at its first unfinished level and reproduces exactly what
-an uninterrupted run computes.
+an uninterrupted run computes. A rewind point asked for after dense training finished is
+recreated by training from the nearest earlier stored state, which (batches being a pure
+function of seed and iteration) gives the same state the first pass would have saved.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,14 +35,15 @@ import torch
 import yaml
 from torch import nn
 
-from trainables.config import Config, ConfigError, config_hash, dense_hash, dump_config, from_dict, \
-    run_name, to_iterations
+from trainables.config import DENSE_SECTIONS, Config, ConfigError, config_hash, dense_hash, from_dict, \
+    run_name, to_dict, to_iterations
 from trainables.data import Dataset, load_dataset
 from trainables.masks import Mask, prunable_layers
 from trainables.models import build_model
 from trainables.pruning import prune, random_like
 from trainables.registry import Registry
-from trainables.results import HISTORY_SCHEMA, LEVELS_SCHEMA, append_rows, read_table, replacing
+from trainables.results import HISTORY_SCHEMA, LEVELS_SCHEMA, append_rows, read_table, replacing, table_of, \
+    write_atomic
 from trainables.train import Evaluation, Evaluator, make_optimizer, summarize, train
 
 
@@ -99,9 +109,36 @@ def _save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def _load(path: Path, kept: str) -> Any:
+    """A checkpoint, or a CheckpointError naming the file, what is kept (`kept`) and the fix."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        problem = "is missing" if not path.exists() else f"cannot be read ({type(exc).__name__}: {detail})"
+        raise CheckpointError(f"checkpoint {path} {problem}. {kept} Fix: restore the file from a copy, or start "
+                              "again with a fresh output directory") from None
+
+
+def _claim(path: Path, cfg: Config, sections: Sequence[str], name: Callable[[Config], str]) -> None:
+    """Record `cfg`'s `sections` as the directory's config, refusing a directory that holds another run."""
+    if path.exists():
+        try:
+            stored = from_dict(yaml.safe_load(path.read_text()), str(path))
+        except (ConfigError, yaml.YAMLError) as exc:
+            raise ConfigError(str(path), [f"the run directory's config cannot be read ({exc}); "
+                                          "use a fresh output directory"]) from None
+        if name(stored) != name(cfg):
+            raise ConfigError(str(path), [
+                f"{path.parent} holds a different run ({name(stored)}, this config is {name(cfg)}); "
+                "choose another output directory, or delete that one to discard it"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({k: v for k, v in to_dict(cfg).items() if k in sections}, sort_keys=False))
+
+
 @dataclass
 class Snapshot:
-    """Saves weights and optimiser state when training passes the rewind iteration."""
+    """Saves weights and optimiser state when training passes a rewind iteration."""
 
     at: int
     model: nn.Module
@@ -116,136 +153,29 @@ class Snapshot:
               self.path)
 
 
-class ImpRun:
-    """One IMP run of `cfg` in directory `out`; `run()` resumes whatever is already there."""
+class Trainer:
+    """What a dense run and an IMP run share: the config, data on the device, and training a `Start`."""
 
-    def __init__(self, cfg: Config, out: str | Path, reporter: Reporter | None = None):
+    def __init__(self, cfg: Config, reporter: Reporter | None):
         self.cfg = cfg
-        self.out = Path(out)
         self.reporter = reporter or Reporter()
         self.device = resolve_device(cfg.runtime.device)
-        self._claim_directory()
         self.data: Dataset = load_dataset(cfg.data).to(self.device)
         steps = self.data.steps_per_epoch(cfg.train.batch_size)
-        self.rewind_iter = to_iterations(cfg.imp.rewind_iter, steps)
         self.end_iter = to_iterations(cfg.train.length, steps)
         self.eval_every = to_iterations(cfg.train.eval_every, steps)
-        if self.rewind_iter >= self.end_iter:
-            raise ConfigError(str(self.out / "config.yaml"), [
-                f"imp.rewind_iter: {cfg.imp.rewind_iter} is not before the end of training "
-                f"(train.length = {cfg.train.length} = {self.end_iter} iterations); choose an earlier rewind point"])
-        probe = self.new_model(cfg.seed)
-        try:
-            self.layers = prunable_layers(probe, cfg.prune.exclude)
-        except ValueError as exc:
-            raise ConfigError(str(self.out / "config.yaml"), [str(exc)]) from None
-        self._rewind: dict[str, Any] | None = None
-        self.trainings = 0  # training runs started by this process (tests count them)
+        self.trainings = 0  # training runs started by this object (tests count them)
 
-    # -- directory and checkpoints ---------------------------------------------------------
-
-    def _claim_directory(self) -> None:
-        path = self.out / "config.yaml"
-        if path.exists():
-            try:
-                stored = from_dict(yaml.safe_load(path.read_text()), str(path))
-            except (ConfigError, yaml.YAMLError) as exc:
-                raise ConfigError(str(path), [f"the run directory's config cannot be read ({exc}); "
-                                              "use a fresh output directory"]) from None
-            if config_hash(stored) != config_hash(self.cfg):
-                raise ConfigError(str(path), [
-                    f"{self.out} holds a different run ({run_name(stored)}, this config is {run_name(self.cfg)}); "
-                    "choose another output directory, or delete that one to discard it"])
-        self.out.mkdir(parents=True, exist_ok=True)
-        path.write_text(dump_config(self.cfg))
-
-    def _level_dir(self, level: int) -> Path:
-        return self.out / "checkpoints" / f"level_{level:03d}"
-
-    def finished_levels(self) -> list[int]:
-        return sorted(set(read_table(self.out / "results.parquet", LEVELS_SCHEMA).column("level").to_pylist()))
-
-    def _load(self, path: Path) -> Any:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for truncated or foreign files
-            detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-            problem = "is missing" if not path.exists() else f"cannot be read ({type(exc).__name__}: {detail})"
-            raise CheckpointError(
-                f"checkpoint {path} {problem}. The {len(self.finished_levels())} finished level(s) in "
-                f"{self.out / 'results.parquet'} are kept. Fix: restore the file from a copy, or start again "
-                "with a fresh output directory") from None
-
-    def _rewind_state(self) -> dict[str, Any]:
-        if self._rewind is None:
-            self._rewind = self._load(self.out / "checkpoints" / "rewind.pt")
-        return self._rewind
-
-    # -- starting points -------------------------------------------------------------------
+    def iterations(self, duration: str) -> int:
+        return to_iterations(duration, self.data.steps_per_epoch(self.cfg.train.batch_size))
 
     def new_model(self, seed: int) -> nn.Module:
         return build_model(self.cfg.model, self.data.input_shape, self.data.num_classes, seed).to(self.device)
 
-    def rewound(self, mask: Mask) -> Start:
-        """The dense run's weights and optimiser state at the rewind iteration, under `mask`."""
-        state = self._rewind_state()
-        model = self.new_model(self.cfg.seed)
-        model.load_state_dict(state["model"])
-        optimizer = make_optimizer(model, self.cfg.train)
-        optimizer.load_state_dict(state["optimizer"])
-        return Start(model, optimizer, mask)
-
-    # -- running ---------------------------------------------------------------------------
-
-    def run(self):
-        """Train every unfinished level; returns the complete results table."""
-        finished = self.finished_levels()
-        if 0 not in finished:
-            self._level(0)
-        for level in range(1, self.cfg.imp.levels + 1):
-            if level not in finished:
-                self._level(level)
-        return read_table(self.out / "results.parquet", LEVELS_SCHEMA)
-
-    def _level(self, level: int) -> None:
-        """Train one level's variants, then checkpoint it and commit its rows."""
-        if level == 0:
-            model = self.new_model(self.cfg.seed)
-            optimizer = make_optimizer(model, self.cfg.train)
-            main = Start(model, optimizer, Mask.dense(model, self.layers))
-            snapshot = Snapshot(self.rewind_iter, model, optimizer, self.out / "checkpoints" / "rewind.pt")
-            rows, history = self._train(level, "dense", main, [snapshot])
-        else:
-            main = self.rewound(self._prune(level))
-            rows, history = self._train(level, "ticket", main)
-            for name in self.cfg.imp.controls:  # built one at a time: only two models live at once
-                row, curve = self._train(level, name, CONTROLS.get(name)(self, level, main.mask))
-                rows += row
-                history += curve
-        level_dir = self._level_dir(level)
-        _save(main.mask.state(), level_dir / "mask.pt")
-        _save(main.model.state_dict(), level_dir / "weights.pt")
-        append_rows(self.out / "history.parquet", HISTORY_SCHEMA, history)
-        append_rows(self.out / "results.parquet", LEVELS_SCHEMA, rows)  # the commit point
-        if self.cfg.imp.keep_weights == "last" and level > 1:
-            (self._level_dir(level - 1) / "weights.pt").unlink(missing_ok=True)
-        self.reporter.level_done(level, rows)
-
-    def _prune(self, level: int) -> Mask:
-        """Level `level`'s mask, from the previous level's mask and trained ticket."""
-        previous = self._level_dir(level - 1)
-        trained = self._load(previous / "weights.pt")
-        before = Mask.from_state(self._load(previous / "mask.pt"))
-        rewound = self._rewind_state()["model"]
-        names = list(before.tensors)
-        generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "prune", level))
-        return prune(before, self.layers, {n: trained[f"{n}.weight"] for n in names},
-                     {n: rewound[f"{n}.weight"] for n in names}, self.cfg.prune, level, generator)
-
-    def _train(self, level: int, variant: str, start: Start, extra: Sequence = ()) -> tuple[list[dict], list[dict]]:
-        """One training run from `start`; returns its results row and its evaluation history."""
+    def train(self, level: int, variant: str, start: Start, begin: int,
+              extra: Sequence = ()) -> tuple[list[dict], list[dict]]:
+        """One training run from `start` at iteration `begin`; returns its results row and evaluation history."""
         cfg = self.cfg
-        begin = 0 if variant == "dense" else self.rewind_iter
         remaining = start.mask.weights_remaining()
         self.reporter.training(level, variant, begin, self.end_iter, remaining)
         self.trainings += 1
@@ -261,3 +191,163 @@ class ImpRun:
                "variant": variant, "weights_remaining": remaining, **summarize(curve), "start_iter": begin,
                "end_iter": self.end_iter, "train_seconds": seconds, "finished_at": datetime.now(timezone.utc)}
         return [row], [{"level": level, "variant": variant, **h} for h in curve]
+
+
+class DenseRun(Trainer):
+    """Level 0 of IMP in directory `out`: the dense network trained once, with its state kept at
+    every rewind point asked for. `ensure(points)` does whatever is missing, nothing more."""
+
+    def __init__(self, cfg: Config, out: str | Path, reporter: Reporter | None = None):
+        super().__init__(cfg, reporter)
+        self.out = Path(out)
+        _claim(self.out / "config.yaml", cfg, DENSE_SECTIONS, lambda c: f"dense run {dense_hash(c)}")
+        self._cached: tuple[int | None, Any] = (None, None)
+
+    def snapshot_path(self, iteration: int) -> Path:
+        return self.out / "rewind" / f"it_{iteration:07d}.pt"
+
+    def stored(self) -> list[int]:
+        return sorted(int(p.stem[3:]) for p in (self.out / "rewind").glob("it_*.pt"))
+
+    @property
+    def trained(self) -> bool:
+        return (self.out / "results.parquet").exists()
+
+    def complete(self, points: Sequence[int]) -> bool:
+        return self.trained and set(points) <= set(self.stored())
+
+    def ensure(self, points: Sequence[int]) -> None:
+        points = sorted({0, *points})  # the initial state lets any later point be recreated
+        if not self.trained:
+            self._train(points)
+        for point in sorted(set(points) - set(self.stored())):
+            self._recreate(point)
+
+    def _train(self, points: list[int]) -> None:
+        model = self.new_model(self.cfg.seed)
+        optimizer = make_optimizer(model, self.cfg.train)
+        snapshots = [Snapshot(k, model, optimizer, self.snapshot_path(k)) for k in points]
+        rows, history = self.train(0, "dense", Start(model, optimizer, Mask({})), 0, snapshots)
+        _save(model.state_dict(), self.out / "weights.pt")
+        write_atomic(table_of(history, HISTORY_SCHEMA), self.out / "history.parquet")
+        write_atomic(table_of(rows, LEVELS_SCHEMA), self.out / "results.parquet")  # the commit point
+
+    def _recreate(self, point: int) -> None:
+        base = max(k for k in self.stored() if k <= point)
+        start = self.state_at(base)
+        train(start.model, start.optimizer, self.data, self.cfg.train, data_seed=self.cfg.data_seed, start=base,
+              stop=point, callbacks=[Snapshot(point, start.model, start.optimizer, self.snapshot_path(point))])
+
+    def load(self, name: str | Path) -> Any:
+        return _load(self.out / name, f"The dense run in {self.out} is otherwise kept.")
+
+    def state(self, point: int) -> dict[str, Any]:
+        if self._cached[0] != point:  # a run rewinds every level to the same point: read it once
+            self._cached = (point, self.load(self.snapshot_path(point).relative_to(self.out)))
+        return self._cached[1]
+
+    def state_at(self, point: int, mask: Mask | None = None) -> Start:
+        """The dense network and its optimiser as they were at iteration `point`."""
+        state = self.state(point)
+        model = self.new_model(self.cfg.seed)
+        model.load_state_dict(state["model"])
+        optimizer = make_optimizer(model, self.cfg.train)
+        # load_state_dict keeps same-device tensors by reference: training would then update the
+        # cached state in place and every later rewind would start from the wrong momentum.
+        optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        return Start(model, optimizer, mask or Mask({}))
+
+
+class ImpRun(Trainer):
+    """One IMP run of `cfg` in directory `out`; `run()` resumes whatever is already there.
+
+    `dense_dir` is the dense run to build on (a shared one, in a sweep); by default `out/dense`.
+    """
+
+    def __init__(self, cfg: Config, out: str | Path, reporter: Reporter | None = None,
+                 dense_dir: str | Path | None = None):
+        super().__init__(cfg, reporter)
+        self.out = Path(out)
+        _claim(self.out / "config.yaml", cfg, [f.name for f in fields(cfg)], run_name)
+        self.dense = DenseRun(cfg, self.out / "dense" if dense_dir is None else dense_dir, reporter)
+        self.rewind_iter = self.iterations(cfg.imp.rewind_iter)
+        if self.rewind_iter >= self.end_iter:
+            raise ConfigError(str(self.out / "config.yaml"), [
+                f"imp.rewind_iter: {cfg.imp.rewind_iter} is not before the end of training "
+                f"(train.length = {cfg.train.length} = {self.end_iter} iterations); choose an earlier rewind point"])
+        try:
+            self.layers = prunable_layers(self.new_model(cfg.seed), cfg.prune.exclude)
+        except ValueError as exc:
+            raise ConfigError(str(self.out / "config.yaml"), [str(exc)]) from None
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _level_dir(self, level: int) -> Path:
+        return self.out / "checkpoints" / f"level_{level:03d}"
+
+    def finished_levels(self) -> list[int]:
+        return sorted(set(read_table(self.out / "results.parquet", LEVELS_SCHEMA).column("level").to_pylist()))
+
+    def _load(self, path: Path) -> Any:
+        return _load(path, f"The {len(self.finished_levels())} finished level(s) in "
+                           f"{self.out / 'results.parquet'} are kept.")
+
+    def rewound(self, mask: Mask) -> Start:
+        """The dense run's weights and optimiser state at the rewind iteration, under `mask`."""
+        return self.dense.state_at(self.rewind_iter, mask)
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(self):
+        """Train every unfinished level; returns the complete results table."""
+        finished = self.finished_levels()
+        if 0 not in finished:
+            self._dense_level()
+        for level in range(1, self.cfg.imp.levels + 1):
+            if level not in finished:
+                self._level(level)
+        return read_table(self.out / "results.parquet", LEVELS_SCHEMA)
+
+    def _dense_level(self) -> None:
+        """Level 0: this run's copy of the (possibly shared) dense run's record."""
+        self.dense.ensure([self.rewind_iter])
+        self.trainings += self.dense.trainings
+        identity = {"run_name": run_name(self.cfg), "config_hash": config_hash(self.cfg)}
+        rows = [row | identity for row in read_table(self.dense.out / "results.parquet", LEVELS_SCHEMA).to_pylist()]
+        history = read_table(self.dense.out / "history.parquet", HISTORY_SCHEMA).to_pylist()
+        _save(Mask.dense(self.new_model(self.cfg.seed), self.layers).state(), self._level_dir(0) / "mask.pt")
+        self._commit(0, rows, history)
+
+    def _level(self, level: int) -> None:
+        """Train one level's variants, then checkpoint it and commit its rows."""
+        main = self.rewound(self._prune(level))
+        rows, history = self.train(level, "ticket", main, self.rewind_iter)
+        for name in self.cfg.imp.controls:  # built one at a time: only two models live at once
+            row, curve = self.train(level, name, CONTROLS.get(name)(self, level, main.mask), self.rewind_iter)
+            rows += row
+            history += curve
+        _save(main.mask.state(), self._level_dir(level) / "mask.pt")
+        _save(main.model.state_dict(), self._level_dir(level) / "weights.pt")
+        self._commit(level, rows, history)
+        if self.cfg.imp.keep_weights == "last" and level > 1:
+            (self._level_dir(level - 1) / "weights.pt").unlink(missing_ok=True)
+
+    def _commit(self, level: int, rows: list[dict], history: list[dict]) -> None:
+        append_rows(self.out / "history.parquet", HISTORY_SCHEMA, history)
+        append_rows(self.out / "results.parquet", LEVELS_SCHEMA, rows)  # the commit point
+        self.reporter.level_done(level, rows)
+
+    def _trained(self, level: int) -> dict[str, torch.Tensor]:
+        if level == 0:
+            return self.dense.load("weights.pt")
+        return self._load(self._level_dir(level) / "weights.pt")
+
+    def _prune(self, level: int) -> Mask:
+        """Level `level`'s mask, from the previous level's mask and trained ticket."""
+        trained = self._trained(level - 1)
+        before = Mask.from_state(self._load(self._level_dir(level - 1) / "mask.pt"))
+        rewound = self.dense.state(self.rewind_iter)["model"]
+        names = list(before.tensors)
+        generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "prune", level))
+        return prune(before, self.layers, {n: trained[f"{n}.weight"] for n in names},
+                     {n: rewound[f"{n}.weight"] for n in names}, self.cfg.prune, level, generator)

@@ -54,8 +54,9 @@ class Mask:
         return {name: int(t.sum()) for name, t in self.tensors.items()}
 
     def weights_remaining(self) -> float:
-        """Kept fraction of all prunable weights."""
-        return sum(self.kept().values()) / sum(t.numel() for t in self.tensors.values())
+        """Kept fraction of all prunable weights (a mask over no layers keeps everything)."""
+        total = sum(t.numel() for t in self.tensors.values())
+        return sum(self.kept().values()) / total if total else 1.0
 
     def per_layer(self) -> dict[str, float]:
         return {name: k / self.tensors[name].numel() for name, k in self.kept().items()}
@@ -68,7 +69,8 @@ class Mask:
 
         @torch.no_grad()
         def apply() -> None:
-            torch._foreach_mul_(weights, factors)
+            if weights:
+                torch._foreach_mul_(weights, factors)
 
         return apply
 

@@ -76,9 +76,12 @@ def read_table(path: Path, schema: pa.Schema) -> pa.Table:
     return pq.read_table(path, schema=schema) if path.exists() else schema.empty_table()
 
 
+def table_of(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist([dict(r) for r in rows], schema=schema)
+
+
 def append_rows(path: Path, schema: pa.Schema, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Append rows to the table at `path` atomically; returns the whole new table."""
-    new = pa.Table.from_pylist([dict(r) for r in rows], schema=schema)
-    table = pa.concat_tables([read_table(path, schema), new])
+    table = pa.concat_tables([read_table(path, schema), table_of(rows, schema)])
     write_atomic(table, path)
     return table

@@ -58,13 +58,15 @@ class Callback(Protocol):
 
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, cfg: TrainConfig, *,
-          data_seed: int, start: int = 0, keep_mask: Callable[[], None] = lambda: None,
+          data_seed: int, start: int = 0, stop: int | None = None, keep_mask: Callable[[], None] = lambda: None,
           callbacks: Iterable[Callback] = ()) -> None:
-    """Train from iteration `start` (a rewind point keeps its schedule position) to the end."""
+    """Train from iteration `start` (a rewind point keeps its schedule position) to the end of the
+    schedule, or only up to `stop` (to recreate a state along the way)."""
     schedule = Schedule.of(cfg, data.steps_per_epoch(cfg.batch_size))
+    end = schedule.end if stop is None else stop
     events: dict[int, list[Callback]] = {}
     for cb in callbacks:
-        for it in sorted(set(cb.iterations(start, schedule.end))):
+        for it in sorted(set(cb.iterations(start, end))):
             events.setdefault(it, []).append(cb)
     batches = data.train_batches(cfg.batch_size, data_seed)
     groups = optimizer.param_groups
@@ -73,7 +75,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, cfg
         cb(start)
     model.train()
     factor = None
-    for it in range(start, schedule.end):
+    for it in range(start, end):
         if (new := schedule.lr_factor(it)) != factor:
             factor = new
             for group in groups:
