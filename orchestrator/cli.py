@@ -76,6 +76,66 @@ def cmd_imp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_plan(spec, trials) -> None:
+    from orchestrator.spec import total_iterations
+
+    print(f"sweep {spec.name} ({spec.source}) -> {spec.experiment}")
+    if trials is None:
+        swept = ", ".join(f"{k} ~ {d.kind}{list(d.values)}" for k, d in spec.space)
+        iterations, _, trainings = total_iterations(spec, [{}])
+        print(f"{spec.search.num_samples} trials chosen by {spec.search.algorithm} "
+              f"({spec.search.mode} {spec.search.metric}) over: {swept}\n"
+              f"each like the base config: {trainings} trainings, {iterations:,} iterations with its dense run "
+              "(an estimate: sampled values can change it)")
+        return
+    width = len(str(len(trials)))
+    for i, trial in enumerate(trials, 1):
+        swept = ", ".join(f"{k}={v}" for k, v in spec.overrides(trial).items()) or "the base config"
+        print(f"  {i:>{width}}  {swept}")
+    iterations, dense, trainings = total_iterations(spec, trials)
+    print(f"{len(trials)} trials sharing {dense} dense run(s): {dense + trainings:,} trainings, "
+          f"{iterations:,} training iterations")
+
+
+def cmd_sweep_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from orchestrator.spec import load_sweep
+
+    spec = load_sweep(args.file)
+    spec = dataclasses.replace(spec, name=args.name or spec.name, storage=args.storage or spec.storage)
+    _print_plan(spec, spec.grid())
+    if args.dry_run:
+        return 0
+    from orchestrator import tuner
+
+    if tuner.exists(spec):
+        raise ConfigError(spec.source, [f"name: the sweep folder {spec.experiment} already exists. To finish it: "
+                                        f"lth sweep resume {spec.experiment}; to start another, pass --name"])
+    if tuner.init_ray(args.address, args.num_cpus):
+        tuner.check_resources(spec)
+    return _finish(spec, tuner.run(spec))
+
+
+def cmd_sweep_resume(args: argparse.Namespace) -> int:
+    from orchestrator import tuner
+
+    spec = tuner.load_saved_spec(args.dir)
+    print(f"resuming sweep {spec.name} in {spec.experiment}")
+    tuner.init_ray(args.address, args.num_cpus)
+    return _finish(spec, tuner.run(spec, resume=True))
+
+
+def _finish(spec, results) -> int:
+    failed = results.num_errors
+    unfinished = len(results) - results.num_terminated - failed
+    print(f"{results.num_terminated} trials done, {failed} failed, {unfinished} unfinished; sweep folder "
+          f"{spec.experiment}")
+    if failed or unfinished:
+        print(f"to finish it: lth sweep resume {spec.experiment}", file=sys.stderr)
+    return 1 if failed or unfinished else 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from trainables.presets import PRESETS
 
@@ -121,6 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", help="run directory (default runs/<arch>-<dataset>-<config hash>)")
     imp.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     imp.set_defaults(func=cmd_imp)
+
+    sweep = sub.add_parser("sweep", help="sweeps of IMP runs on Ray Tune").add_subparsers(dest="sweep_command",
+                                                                                        required=True)
+    ray_args = argparse.ArgumentParser(add_help=False)
+    ray_args.add_argument("--address", help="a running Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    ray_args.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    srun = sweep.add_parser("run", parents=[ray_args], help="run a sweep file (sweeps/*.yaml)")
+    srun.add_argument("file")
+    srun.add_argument("--dry-run", action="store_true", help="print the trials and their training iterations")
+    srun.add_argument("--name", help="the sweep's folder name (default: the file's `name`)")
+    srun.add_argument("--storage", help="a folder or URI for sweep folders (default: the file's `storage`)")
+    srun.set_defaults(func=cmd_sweep_run)
+    resume = sweep.add_parser("resume", parents=[ray_args], help="finish an interrupted sweep")
+    resume.add_argument("dir", help="the sweep folder: <storage>/<name>")
+    resume.set_defaults(func=cmd_sweep_resume)
 
     sub.add_parser("presets", help="list the presets and their sources").set_defaults(func=cmd_presets)
 

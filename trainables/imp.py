@@ -132,8 +132,9 @@ def _claim(path: Path, cfg: Config, sections: Sequence[str], name: Callable[[Con
             raise ConfigError(str(path), [
                 f"{path.parent} holds a different run ({name(stored)}, this config is {name(cfg)}); "
                 "choose another output directory, or delete that one to discard it"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({k: v for k, v in to_dict(cfg).items() if k in sections}, sort_keys=False))
+        return  # never rewritten: runs sharing a dense directory may be reading it
+    with replacing(path) as tmp:
+        tmp.write_text(yaml.safe_dump({k: v for k, v in to_dict(cfg).items() if k in sections}, sort_keys=False))
 
 
 @dataclass

@@ -71,19 +71,20 @@ class _Torchvision:
     std: tuple[float, ...]
     augment: bool
     num_classes: int
+    train_examples: int  # before the validation split: lets a sweep count epochs without the data
     description: str
 
 
 _TORCHVISION = {
-    "mnist": _Torchvision("MNIST", "MNIST/raw", (0.1307,), (0.3081,), False, 10,
+    "mnist": _Torchvision("MNIST", "MNIST/raw", (0.1307,), (0.3081,), False, 10, 60000,
                           "MNIST digits (torchvision): 60K train / 10K test, 1x28x28; 5K of train held out"),
-    "fashion_mnist": _Torchvision("FashionMNIST", "FashionMNIST/raw", (0.2860,), (0.3530,), False, 10,
+    "fashion_mnist": _Torchvision("FashionMNIST", "FashionMNIST/raw", (0.2860,), (0.3530,), False, 10, 60000,
                                   "Fashion-MNIST (torchvision): 60K train / 10K test, 1x28x28; 5K of train held out"),
     "cifar10": _Torchvision("CIFAR10", "cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                            True, 10, "CIFAR-10 (torchvision): 50K train / 10K test, 3x32x32, crop+flip; "
+                            True, 10, 50000, "CIFAR-10 (torchvision): 50K train / 10K test, 3x32x32, crop+flip; "
                                       "5K of train held out"),
     "cifar100": _Torchvision("CIFAR100", "cifar-100-python", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                             True, 100, "CIFAR-100 (torchvision): 50K train / 10K test, 3x32x32, crop+flip; "
+                             True, 100, 50000, "CIFAR-100 (torchvision): 50K train / 10K test, 3x32x32, crop+flip; "
                                         "5K of train held out"),
 }
 
@@ -118,6 +119,14 @@ def _load_torchvision(name: str, cfg: DataConfig) -> Dataset:
 
 for _name, _spec in _TORCHVISION.items():
     DATASETS.register(_name, _spec.description)(functools.partial(_load_torchvision, _name))
+
+
+def steps_per_epoch(cfg: DataConfig, batch_size: int) -> int:
+    """What `load_dataset(cfg).steps_per_epoch(batch_size)` gives, without reading a torchvision set."""
+    if cfg.dataset in _TORCHVISION:
+        held_out = _HELD_OUT if cfg.val_size is None else cfg.val_size
+        return max(1, (_TORCHVISION[cfg.dataset].train_examples - held_out) // batch_size)
+    return load_dataset(cfg).steps_per_epoch(batch_size)
 
 
 def download_dataset(name: str, root: str | None) -> Path:

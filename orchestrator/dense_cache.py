@@ -1,0 +1,122 @@
+"""Shared dense runs on sweep storage: each computed once, keyed by the hash of what decides it.
+
+Trials that differ only after dense training (pruning rate, rewind point, levels, controls)
+share `<storage>/dense/<dense_hash>/` (a `trainables.imp.DenseRun` directory), and so does any
+later sweep on the same storage. One trial computes a missing dense run while the others wait:
+a small Ray actor records who holds each claim, and the driver releases a trial's claims when
+it fails, so a retried trial (or a waiting one) takes over from what was saved.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow.fs as pafs
+import ray
+
+from trainables.config import Config, dense_hash, to_iterations
+from trainables.data import steps_per_epoch
+from trainables.imp import DenseRun, Reporter
+
+CLAIMS_ACTOR = "lth-dense-claims"
+
+
+@ray.remote(num_cpus=0)
+class DenseClaims:
+    """Which trial is computing which dense run."""
+
+    def __init__(self) -> None:
+        self.owner: dict[str, str] = {}
+
+    def claim(self, key: str, trial: str) -> bool:
+        return self.owner.setdefault(key, trial) == trial
+
+    def release(self, key: str, trial: str) -> None:
+        if self.owner.get(key) == trial:
+            del self.owner[key]
+
+    def release_trial(self, trial: str) -> None:
+        self.owner = {k: v for k, v in self.owner.items() if v != trial}
+
+
+def claims_actor(create: bool = False):
+    """The sweep's claims actor (created by the driver), or None outside a sweep."""
+    if create:
+        return DenseClaims.options(name=CLAIMS_ACTOR, get_if_exists=True, lifetime=None).remote()
+    try:
+        return ray.get_actor(CLAIMS_ACTOR)
+    except ValueError:
+        return None
+
+
+class DenseStore:
+    """Where shared dense runs live: `<storage>/dense/`, a local folder or a pyarrow-filesystem URI.
+
+    On a local (or shared, mounted) folder trials use the directories in place. With a URI the
+    computing trial works in a node-local cache and uploads the result, commit record last;
+    readers download only the files they need.
+    """
+
+    def __init__(self, storage: str, cache: Path | None = None):
+        self.remote = "://" in storage
+        if self.remote:
+            self.fs, root = pafs.FileSystem.from_uri(storage)
+            self.root = f"{root.rstrip('/')}/dense"
+            self.cache = cache or Path.home() / ".cache" / "lth-sweeps" / "dense"
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), str(Path(storage).resolve() / "dense")
+
+    def local(self, key: str) -> Path:
+        return self.cache / key if self.remote else Path(self.root) / key
+
+    def _files(self, points: Sequence[int]) -> list[str]:
+        """What building on a dense run needs, in upload order: the commit record last."""
+        return ["config.yaml", "weights.pt", "history.parquet", *(f"rewind/it_{k:07d}.pt" for k in points),
+                "results.parquet"]
+
+    def complete(self, key: str, points: Sequence[int]) -> bool:
+        infos = self.fs.get_file_info([f"{self.root}/{key}/{f}" for f in self._files(points)])
+        return all(i.type == pafs.FileType.File for i in infos)
+
+    def fetch(self, key: str, points: Sequence[int]) -> Path:
+        """The dense run's local directory, with whatever of `points` storage has."""
+        local = self.local(key)
+        if self.remote:
+            for name in self._files([0, *points]):
+                src, dst = f"{self.root}/{key}/{name}", local / name
+                if not dst.exists() and self.fs.get_file_info(src).type == pafs.FileType.File:
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    pafs.copy_files(src, str(dst), source_filesystem=self.fs)
+        return local
+
+    def publish(self, key: str, points: Sequence[int]) -> None:
+        if self.remote:
+            local = self.local(key)
+            for name in self._files([0, *points]):
+                self.fs.create_dir(f"{self.root}/{key}/{Path(name).parent}".rstrip("/."), recursive=True)
+                pafs.copy_files(str(local / name), f"{self.root}/{key}/{name}", destination_filesystem=self.fs)
+
+
+def acquire(cfg: Config, rewind_points: Sequence[str], store: DenseStore, trial: str,
+            reporter: Reporter | None = None, poll: float = 2.0) -> Path:
+    """The local directory of `cfg`'s dense run with every rewind point in `rewind_points`,
+    computing what is missing (once across the sweep), or waiting for the trial that is."""
+    key = dense_hash(cfg)
+    steps = steps_per_epoch(cfg.data, cfg.train.batch_size)
+    points = sorted({0, *(to_iterations(p, steps) for p in rewind_points)})
+    claims = claims_actor()
+    while True:
+        if store.complete(key, points):
+            return store.fetch(key, points)
+        if claims is None or ray.get(claims.claim.remote(key, trial)):
+            try:
+                local = store.fetch(key, points)
+                DenseRun(cfg, local, reporter).ensure(points)
+                store.publish(key, points)
+            finally:
+                if claims is not None:
+                    claims.release.remote(key, trial)
+            return local
+        time.sleep(poll)

@@ -1,0 +1,206 @@
+"""Building, running and resuming a sweep's Ray Tune experiment, and the live progress display."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our Progress callback is the display
+
+import pyarrow.fs as pafs  # noqa: E402
+import ray  # noqa: E402
+import yaml  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune import Callback  # noqa: E402
+
+from orchestrator.dense_cache import claims_actor  # noqa: E402
+from orchestrator.spec import Domain, SweepSpec, parse_sweep  # noqa: E402
+from orchestrator.trial import run_trial  # noqa: E402
+from trainables.config import ConfigError, to_dict  # noqa: E402
+
+SWEEP_FILE = "sweep.yaml"  # the resolved sweep, stored in its folder: all `lth sweep resume` needs
+
+
+def _domain(domain: Domain, categorical: bool) -> Any:
+    if domain.kind == "grid":
+        return tune.choice(list(domain.values)) if categorical else tune.grid_search(list(domain.values))
+    if domain.kind == "choice":
+        return tune.choice(list(domain.values))
+    return getattr(tune, domain.kind)(*domain.values)
+
+
+def param_space(spec: SweepSpec) -> dict[str, Any]:
+    """Tune's search space: dotted keys, plus `case` (an index into `cases`)."""
+    categorical = spec.search.algorithm == "optuna"
+    return {key: _domain(domain, categorical) for key, domain in spec.axes()}
+
+
+def _search_alg(spec: SweepSpec):
+    if spec.search.algorithm != "optuna":
+        return None
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(metric="objective", mode=spec.search.mode,
+                        sampler=optuna.samplers.TPESampler(seed=spec.search.seed))
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), str(Path(path).resolve())
+
+
+def _storage_path(spec: SweepSpec) -> str:
+    return spec.storage if spec.is_uri else str(Path(spec.storage).resolve())
+
+
+def save_spec(spec: SweepSpec) -> None:
+    """Store the sweep, its base config fully resolved, in the sweep folder."""
+    raw = yaml.safe_load(spec.text) if spec.text else {}
+    raw["base"] = to_dict(spec.base)
+    fs, root = _filesystem(spec.experiment)
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/{SWEEP_FILE}") as f:
+        f.write(f"# resolved copy of {spec.source}\n".encode() + yaml.safe_dump(raw, sort_keys=False).encode())
+
+
+def load_saved_spec(directory: str) -> SweepSpec:
+    fs, root = _filesystem(directory)
+    path = f"{root}/{SWEEP_FILE}"
+    try:
+        with fs.open_input_stream(path) as f:
+            text = f.read().decode()
+    except (FileNotFoundError, OSError):
+        raise ConfigError(directory, [f"no {SWEEP_FILE} here: not a sweep folder made by `lth sweep run` "
+                                      "(it is <storage>/<sweep name>)"]) from None
+    spec = parse_sweep(yaml.safe_load(text), path, text)
+    storage = directory.rstrip("/").rsplit("/", 1)[0] if "://" in directory else str(Path(root).parent)
+    return _with_storage(spec, storage, Path(root).name)
+
+
+def _with_storage(spec: SweepSpec, storage: str, name: str) -> SweepSpec:
+    return dataclasses.replace(spec, storage=storage, name=name)
+
+
+def exists(spec: SweepSpec) -> bool:
+    fs, root = _filesystem(spec.experiment)
+    return fs.get_file_info(f"{root}/{SWEEP_FILE}").type == pafs.FileType.File
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to `address` (or $RAY_ADDRESS, set by `ray job submit`), else start a local Ray of our own
+    (never an unrelated one that happens to run on this machine). Returns whether Ray is local."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():
+        ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
+                 log_to_driver=False, logging_level="ERROR")
+    return address is None
+
+
+class Progress(Callback):
+    """Live progress: a line per finished level and trial, and trial counts when they change."""
+
+    def __init__(self, spec: SweepSpec, every: float = 30.0):
+        self.spec, self.every = spec, every
+        self.labels: dict[str, str] = {}
+        self.last_counts: tuple | None = None
+        self.last_time = 0.0
+
+    def _print(self, text: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+    def _label(self, trial) -> str:
+        if trial.trial_id not in self.labels:
+            swept = self.spec.overrides(trial.config)
+            values = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in swept.items()) or "base"
+            self.labels[trial.trial_id] = f"trial {len(self.labels) + 1} ({values})"
+        return self.labels[trial.trial_id]
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        parts = [f"level {result['level']}", f"{result['weights_remaining']:.1%} remaining"]
+        for variant in ("ticket", "reinit", "random_mask"):
+            if f"{variant}_accuracy" in result:
+                parts.append(f"{variant} {result[f'{variant}_accuracy']:.2%}")
+        self._print(f"{self._label(trial)}: " + ", ".join(parts))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._print(f"{self._label(trial)}: done")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._print(f"{self._label(trial)}: FAILED after {self.spec.max_failures} retries; "
+                    f"error in {trial.storage.trial_fs_path if trial.storage else trial}/error.txt")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._print(f"{self._label(trial)}: failed; retrying from its last finished level")
+
+    def on_step_end(self, iteration, trials, **info):
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.status] = counts.get(t.status, 0) + 1
+        key = tuple(sorted(counts.items()))
+        if key != self.last_counts or time.time() - self.last_time > self.every:
+            self.last_counts, self.last_time = key, time.time()
+            names = [("RUNNING", "running"), ("PENDING", "pending"), ("TERMINATED", "done"), ("ERROR", "failed"),
+                     ("PAUSED", "paused")]
+            self._print("trials: " + ", ".join(f"{counts.get(s, 0)} {n}" for s, n in names if counts.get(s) or
+                                               s in ("RUNNING", "PENDING", "TERMINATED")))
+
+
+class ReleaseClaims(Callback):
+    """A trial that stops holds no dense-run claim: a waiting (or its retried) trial takes over."""
+
+    def _release(self, trial) -> None:
+        if (claims := claims_actor()) is not None:
+            claims.release_trial.remote(trial.trial_id)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._release(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._release(trial)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._release(trial)
+
+
+def _trainable(spec: SweepSpec):
+    fn = tune.with_parameters(run_trial, spec=spec, rewind_points=spec.rewind_points())
+    return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def check_resources(spec: SweepSpec) -> None:
+    """On a fixed (local) Ray instance, a trial no node can hold stays pending forever: say so now.
+    Not for clusters, whose autoscaler adds the nodes a pending trial asks for."""
+    available = ray.cluster_resources()
+    for name, need in (("CPU", spec.resources.cpu), ("GPU", spec.resources.gpu)):
+        if need > available.get(name, 0):
+            raise ConfigError(spec.source, [
+                f"resources.{name.lower()}: each trial asks for {need} {name}, but the Ray cluster has "
+                f"{available.get(name, 0):g}; lower it, or run on a cluster that has them (--address)"])
+
+
+def run(spec: SweepSpec, *, resume: bool = False) -> tune.ResultGrid:
+    """Run the sweep (or, with `resume`, finish an interrupted one) on the connected Ray cluster."""
+    claims = claims_actor(create=True)  # a named actor lives while its creator holds a handle
+    spec = dataclasses.replace(spec, storage=_storage_path(spec))  # trials run in other working directories
+    trainable = _trainable(spec)
+    if resume:
+        tuner = tune.Tuner.restore(spec.experiment, trainable, resume_errored=True, param_space=param_space(spec))
+    else:
+        save_spec(spec)
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(spec),
+            tune_config=tune.TuneConfig(num_samples=spec.search.num_samples, search_alg=_search_alg(spec),
+                                        max_concurrent_trials=spec.max_concurrent),
+            run_config=tune.RunConfig(
+                name=spec.name, storage_path=_storage_path(spec), verbose=0,
+                callbacks=[Progress(spec), ReleaseClaims()],
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints)))
+    results = tuner.fit()
+    ray.kill(claims)
+    return results
