@@ -82,11 +82,11 @@ def _print_plan(spec, trials) -> None:
     print(f"sweep {spec.name} ({spec.source}) -> {spec.experiment}")
     if trials is None:
         swept = ", ".join(f"{k} ~ {d.kind}{list(d.values)}" for k, d in spec.space)
-        iterations, _, trainings = total_iterations(spec, [{}])
-        print(f"{spec.search.num_samples} trials chosen by {spec.search.algorithm} "
-              f"({spec.search.mode} {spec.search.metric}) over: {swept}\n"
-              f"each like the base config: {trainings} trainings, {iterations:,} iterations with its dense run "
-              "(an estimate: sampled values can change it)")
+        iterations, dense, trainings = total_iterations(spec, [{}])
+        n = spec.search.num_samples
+        print(f"{n} trials chosen by {spec.search.algorithm} ({spec.search.mode} {spec.search.metric}) over: "
+              f"{swept}\nestimated from the base config (sampled values change it): at most {n * (dense + trainings):,} "
+              f"trainings, {n * iterations:,} training iterations, fewer where trials share dense runs")
         return
     width = len(str(len(trials)))
     for i, trial in enumerate(trials, 1):

@@ -38,8 +38,10 @@ import yaml
 from trainables.config import Config, ConfigError, dense_hash, load_config, to_iterations
 
 # What a trial reports after every level; any of them can be the optuna objective.
+# Test-set numbers are what the papers report; select on the validation losses to keep the test set unseen.
 METRICS = ("ticket_accuracy", "ticket_early_stop_accuracy", "reinit_accuracy", "random_mask_accuracy",
-           "dense_accuracy", "ticket_test_loss", "ticket_early_stop_iter", "weights_remaining")
+           "dense_accuracy", "ticket_test_loss", "ticket_val_loss", "ticket_early_stop_val_loss",
+           "ticket_early_stop_iter", "weights_remaining")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 MAX_GRID = 100_000  # combinations checked one by one before a run; beyond this, a sweep file is a mistake
 
@@ -222,6 +224,8 @@ def _domain(key: str, raw: Any, problems: list[str]) -> Domain | None:
             problems.append(f"{where}.choice: expected a non-empty list of values, got {args!r}")
             return None
         return Domain("choice", tuple(args))
+    if isinstance(args, list):
+        args = [_number(a) for a in args]  # YAML 1.1 reads 1e-4 (no dot) as a string
     if not (isinstance(args, list) and len(args) == 2 and all(
             isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
         problems.append(f"{where}.{kind}: expected [low, high], got {args!r}")
@@ -236,6 +240,15 @@ def _domain(key: str, raw: Any, problems: list[str]) -> Domain | None:
     else:
         return Domain(kind, (low, high))
     return None
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _examples(domain: Domain) -> list[Any]:
@@ -322,7 +335,7 @@ def parse_sweep(raw: Any, source: str, text: str = "", folder: Path = Path("."))
                         f"trials report {', '.join(METRICS)}")
     if search.at_weights_remaining is not None and not 0 < search.at_weights_remaining <= 1:
         problems.append(f"search.at_weights_remaining: a fraction in (0, 1], got {search.at_weights_remaining}")
-    if search.algorithm == "optuna" and not space and not cases:
+    if search.algorithm == "optuna" and not raw_space and not cases:
         problems.append("search.algorithm: optuna needs a space to search; add keys under `space`")
     if resources.cpu <= 0:
         problems.append(f"resources.cpu: must be positive, got {resources.cpu}")

@@ -20,16 +20,17 @@ from typing import Any, Mapping
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import ray
 from ray import tune
 
 from orchestrator.dense_cache import DenseStore, acquire
 from orchestrator.spec import SweepSpec
-from trainables.config import Config, dense_hash
+from trainables.config import Config, config_hash, dense_hash
 from trainables.imp import ImpRun, Reporter
 from trainables.results import LEVELS_SCHEMA, read_table
 
-# Set to a file path to append one JSON line per training run started: an audit trail that
-# shows (and lets tests count) that retries and resumes never repeat finished work.
+# Set to a file path to append a JSON line per training run started and per level finished (with
+# the node and process): an audit trail that shows that retries and resumes never repeat work.
 TRAINING_LOG = "LTH_TRAINING_LOG"
 
 
@@ -44,6 +45,8 @@ def _level_summary(rows: list[dict[str, Any]], level: int) -> dict[str, Any]:
                 out["ticket_early_stop_accuracy"] = r["early_stop_accuracy"]
                 out["ticket_early_stop_iter"] = r["early_stop_iter"]
                 out["ticket_test_loss"] = r["test_loss"]
+                out["ticket_val_loss"] = r["val_loss"]
+                out["ticket_early_stop_val_loss"] = r["early_stop_val_loss"]
         if r["variant"] == "dense":
             out["dense_accuracy"] = r["test_accuracy"]
     return out
@@ -71,15 +74,20 @@ class TrialReporter(Reporter):
         self.spec, self.cfg, self.workdir, self.trial_id = spec, cfg, workdir, trial_id
         self.log = os.environ.get(TRAINING_LOG)
 
-    def training(self, level: int, variant: str, start: int, end: int, weights_remaining: float) -> None:
+    def _log(self, event: str, **fields: Any) -> None:
         if self.log:
-            entry = {"trial": self.trial_id, "dense_hash": dense_hash(self.cfg), "level": level, "variant": variant,
-                     "start": start, "end": end, "pid": os.getpid(), "time": time.time()}
+            entry = {"event": event, "trial": self.trial_id, "config_hash": config_hash(self.cfg),
+                     "dense_hash": dense_hash(self.cfg), **fields, "node": ray.get_runtime_context().get_node_id(),
+                     "pid": os.getpid(), "time": time.time()}
             with open(self.log, "a") as f:
                 f.write(json.dumps(entry) + "\n")
 
+    def training(self, level: int, variant: str, start: int, end: int, weights_remaining: float) -> None:
+        self._log("training", level=level, variant=variant, start=start, end=end)
+
     def level_done(self, level: int, rows: list[dict[str, Any]]) -> None:
         report(self.spec, self.workdir)
+        self._log("level_done", level=level)
 
 
 def report(spec: SweepSpec, workdir: Path) -> None:

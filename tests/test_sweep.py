@@ -1,0 +1,106 @@
+"""End to end on a local Ray instance: a quickstart-like sweep, shared dense runs, Optuna, retries."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import threading
+
+import pytest
+import ray
+
+from orchestrator import tuner
+from orchestrator.trial import TRAINING_LOG
+from tests.sweep_helpers import BASE, COLUMNS, read_log, sweep_spec, trial_results, wait_for
+from trainables.config import config_hash
+from trainables.imp import ImpRun
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory):
+    """A local Ray whose workers append to a training log (workers inherit the driver's environment)."""
+    path = tmp_path_factory.mktemp("log") / "trainings.jsonl"
+    os.environ[TRAINING_LOG] = str(path)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield path
+    ray.shutdown()
+    del os.environ[TRAINING_LOG]
+
+
+@pytest.fixture
+def fresh_log(log):
+    log.unlink(missing_ok=True)
+    return log
+
+
+@ray.remote(num_cpus=1)
+def direct(cfg, out):
+    """The same IMP run without Tune, in a worker like a trial's (one CPU, so the same float results)."""
+    return ImpRun(cfg, out).run().to_pandas().sort_values(["level", "variant"])[COLUMNS].reset_index(drop=True)
+
+
+def test_grid_sweep_shares_dense_runs_and_matches_direct_runs(tmp_path, fresh_log):
+    spec = sweep_spec(tmp_path / "store")  # 2 lrs x 2 rewind points x 2 rates
+    grid = spec.grid()
+    results = tuner.run(spec)
+    assert len(results) == 8 and results.num_terminated == 8 and results.num_errors == 0
+    assert {r.metrics["level"] for r in results} == {3}
+
+    entries = [e for e in read_log(fresh_log) if e["event"] == "training"]
+    dense = [e for e in entries if e["variant"] == "dense"]
+    assert len(dense) == 2 and len({e["dense_hash"] for e in dense}) == 2  # one per lr, not one per trial
+    per_trial = collections.Counter(e["trial"] for e in entries if e["variant"] != "dense")
+    assert sorted(per_trial.values()) == [6] * 8  # 3 levels x (ticket + reinit), nothing repeated
+
+    stored = trial_results(tmp_path / "store" / "tiny")
+    configs = [spec.trial_config(t) for t in grid]
+    assert set(stored) == {config_hash(c) for c in configs}
+    # Trials built on a shared dense run compute exactly what a run with its own dense run does.
+    for cfg in configs[:2]:
+        expected = ray.get(direct.remote(cfg, tmp_path / "direct" / config_hash(cfg)))
+        assert stored[config_hash(cfg)].equals(expected)
+    # A second sweep on the same storage reuses the dense runs, and a new rewind point is recreated.
+    again = sweep_spec(tmp_path / "store", name="again", space={"train.lr": [1.2e-3], "imp.rewind_iter": ["60it"]})
+    fresh_log.unlink()
+    assert tuner.run(again).num_terminated == 1
+    assert not [e for e in read_log(fresh_log) if e.get("variant") == "dense"]
+
+
+def test_optuna_search_reports_its_objective(tmp_path, fresh_log):
+    spec = sweep_spec(tmp_path / "store", name="optuna",
+                      space={"train.lr": {"loguniform": [1e-4, 1e-2]}, "prune.rate": [0.2, 0.5]},
+                      search={"algorithm": "optuna", "num_samples": 3, "metric": "ticket_accuracy",
+                              "at_weights_remaining": 0.5})
+    results = tuner.run(spec)
+    assert results.num_terminated == 3
+    for r in results:
+        lrs = r.config["train.lr"]
+        assert 1e-4 <= lrs <= 1e-2 and r.config["prune.rate"] in (0.2, 0.5)
+        assert 0 <= r.metrics["objective"] <= 1
+    best = results.get_best_result(metric="objective", mode="max")
+    assert best.metrics["objective"] == max(r.metrics["objective"] for r in results)
+
+
+def test_a_trial_whose_process_dies_is_retried_from_its_last_level(tmp_path, fresh_log):
+    spec = sweep_spec(tmp_path / "store", name="retry", space={"prune.rate": [0.5]}, max_failures=1,
+                      base={**BASE, "train": {**BASE["train"], "length": "600it"}})
+    sweep = threading.Thread(target=lambda: outcome.append(tuner.run(spec)))
+    outcome: list = []
+    sweep.start()
+    killed = wait_for(fresh_log, lambda e: e["event"] == "level_done" and e["level"] == 1)
+    os.kill(killed["pid"], signal.SIGKILL)  # the trial's worker process dies, as on a lost node
+    sweep.join(timeout=300)
+    assert outcome and outcome[0].num_terminated == 1
+
+    entries = read_log(fresh_log)
+    kill_time = killed["time"]
+    finished_before = {e["level"] for e in entries if e["event"] == "level_done" and e["time"] <= kill_time}
+    trained_after = {e["level"] for e in entries if e["event"] == "training" and e["time"] > kill_time}
+    assert finished_before == {0, 1} and trained_after and not finished_before & trained_after
+    assert {e["pid"] for e in entries if e["time"] > kill_time} != {killed["pid"]}  # a new process took over
+    cfg = spec.trial_config(spec.grid()[0])
+    expected = ray.get(direct.remote(cfg, tmp_path / "direct"))
+    assert trial_results(tmp_path / "store" / "retry")[config_hash(cfg)].equals(expected)
