@@ -1,0 +1,103 @@
+"""Sweep files: validation before anything runs, grid expansion in Tune's order, the dry run."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from ray import tune
+
+from orchestrator.cli import main
+from orchestrator.spec import load_sweep, parse_sweep, total_iterations
+from orchestrator.tuner import param_space
+from tests.sweep_helpers import BASE, sweep_raw
+from trainables.config import ConfigError, dense_hash
+
+
+def problems(raw, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as info:
+        load_sweep(path)
+    assert str(path) in str(info.value)  # every message names the file
+    return info.value.problems
+
+
+def test_every_problem_is_reported_with_its_key_and_fix(tmp_path):
+    raw = sweep_raw(tmp_path)
+    raw.update({
+        "serach": {"algorithm": "grid"},  # typo at the top
+        "base": {**BASE, "model": {"arch": "resnet18"}, "data": {**BASE["data"], "dataset": "cifar11"}},
+        "space": {"train.lr": [0.1, -1.0], "train.lrr": [0.1], "prune.rate": {"uniform": [0.5, 0.2]},
+                  "imp.rewind_iter": {"randint": ["a", 3]}},
+        "search": {"algorithm": "optunaa", "num_samples": 0},
+        "resources": {"gpu": 1.5, "cpus": 2},
+        "max_concurrent": 0,
+        "storage": "ftp://host/x",
+    })
+    found = "\n".join(problems(raw, tmp_path))
+    for expected in [
+        "serach: unknown key (did you mean 'search'?)",
+        "base.model.arch: unknown architecture 'resnet18'", "lth list models",
+        "base.data.dataset: unknown dataset 'cifar11'", "lth list datasets",
+        "space.train.lrr: not a config key (did you mean 'train.lr'?)",
+        "space.prune.rate.uniform: low (0.5) must be below high (0.2)",
+        "space.imp.rewind_iter.randint: expected [low, high]",
+        "search.algorithm: expected one of 'grid', 'optuna', got 'optunaa'",
+        "search.num_samples: must be at least 1",
+        "resources.cpus: unknown key (did you mean 'cpu'?)",
+        "resources.gpu: a fraction below 1",
+        "max_concurrent: expected an integer >= 1",
+        "storage: unknown URI scheme 'ftp'",
+    ]:
+        assert expected in found, expected
+
+
+def test_values_are_checked_against_the_config_schema(tmp_path):
+    raw = sweep_raw(tmp_path, space={"train.lr": [0.1, -1.0], "train.optimizer": ["sgd", "adamw"]})
+    found = "\n".join(problems(raw, tmp_path))
+    assert "space.train.lr = -1.0: train.lr: must be positive" in found
+    assert "space.train.optimizer = 'adamw': train.optimizer: expected one of 'sgd', 'adam'" in found
+    # Each value is fine alone; a combination is not: rewinding to the end of a 90-iteration training.
+    raw = sweep_raw(tmp_path, space={"imp.rewind_iter": ["10it", "90it"], "train.length": ["90it", "200it"]})
+    found = problems(raw, tmp_path)
+    assert found == ["space: the trial {'imp.rewind_iter': '90it', 'train.length': '90it'}: imp.rewind_iter 90it is "
+                     "not before the end of training (90it); choose an earlier rewind point"]
+
+
+def test_cases_and_unknown_metric(tmp_path):
+    raw = sweep_raw(tmp_path, cases=[{"train.warmup": "10it"}, {"train.lr": 0.1}],
+                    search={"algorithm": "optuna", "metric": "ticket_acc"})
+    found = "\n".join(problems(raw, tmp_path))
+    assert "cases[1].train.lr: also swept under `space`; set it in one place" in found
+    assert "search.metric: unknown metric 'ticket_acc' (did you mean 'ticket_accuracy'?)" in found
+
+
+def test_grid_lists_trials_in_tunes_order_and_rewind_points_per_dense_run(tmp_path):
+    raw = sweep_raw(tmp_path, cases=[{"train.warmup": "0it"}, {"train.warmup": "30it"}],
+                    space={"train.lr": [1e-3, 3e-3], "imp.rewind_iter": ["0it", "30it"], "seed": [0]})
+    spec = parse_sweep(raw, "t")
+    grid = spec.grid()
+    assert len(grid) == 8
+    variants = [cfg for _, cfg in tune.search.variant_generator.generate_variants(param_space(spec))]
+    assert grid == variants  # what --dry-run lists is what Tune runs, in its order
+    points = spec.rewind_points()
+    assert len(points) == 4 and all(p == ["0it", "30it"] for p in points.values())  # lr x warm-up
+    cfg = spec.trial_config(grid[0])
+    assert points[dense_hash(cfg)] == ["0it", "30it"]
+    iterations, dense, trainings = total_iterations(spec, grid)
+    assert dense == 4 and trainings == 8 * 3 * 2
+    assert iterations == 4 * 90 + 4 * 3 * 2 * 90 + 4 * 3 * 2 * 60  # dense once, then from k=0 or k=30
+
+
+def test_dry_run_prints_trials_and_iterations_and_runs_nothing(tmp_path, capsys):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep_raw(tmp_path / "store")))
+    assert main(["sweep", "run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "imp.rewind_iter=0it, prune.rate=0.2, train.lr=0.0012" in out
+    # 2 dense runs of 90 iterations; 8 trials x 3 levels x 2 trainings from k=0 (90 it) or k=30 (60 it)
+    assert "8 trials sharing 2 dense run(s): 50 trainings, 3,780 training iterations" in out
+    assert not (tmp_path / "store").exists()
+    path.write_text(yaml.safe_dump({**sweep_raw(tmp_path), "space": {"train.lr": "fast"}}))
+    assert main(["sweep", "run", str(path), "--dry-run"]) == 2
+    assert "space.train.lr: expected a list of values" in capsys.readouterr().err
