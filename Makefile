@@ -11,10 +11,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 quickstart: $(VENV)/.installed
-	$(VENV)/bin/lth imp --preset quickstart --out runs/quickstart
+	$(VENV)/bin/lth sweep run sweeps/quickstart.yaml
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed
 	$(PY) bench/loop_speed.py
+	$(PY) bench/sweep_overhead.py

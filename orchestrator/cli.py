@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -103,7 +104,8 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     from orchestrator.spec import load_sweep
 
     spec = load_sweep(args.file)
-    spec = dataclasses.replace(spec, name=args.name or spec.name, storage=args.storage or spec.storage)
+    storage = args.storage or os.environ.get("LTH_STORAGE") or spec.storage
+    spec = dataclasses.replace(spec, name=args.name or spec.name, storage=storage)
     _print_plan(spec, spec.grid())
     if args.dry_run:
         return 0
@@ -185,13 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="sweeps of IMP runs on Ray Tune").add_subparsers(dest="sweep_command",
                                                                                         required=True)
     ray_args = argparse.ArgumentParser(add_help=False)
-    ray_args.add_argument("--address", help="a running Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    ray_args.add_argument("--address", help="a running Ray cluster ('auto' on its head node; default: "
+                                            "$RAY_ADDRESS, set by `ray job submit`, else a new local Ray)")
     ray_args.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     srun = sweep.add_parser("run", parents=[ray_args], help="run a sweep file (sweeps/*.yaml)")
     srun.add_argument("file")
     srun.add_argument("--dry-run", action="store_true", help="print the trials and their training iterations")
     srun.add_argument("--name", help="the sweep's folder name (default: the file's `name`)")
-    srun.add_argument("--storage", help="a folder or URI for sweep folders (default: the file's `storage`)")
+    srun.add_argument("--storage", help="a folder or URI for sweep folders (default: $LTH_STORAGE, else the "
+                                        "file's `storage`)")
     srun.set_defaults(func=cmd_sweep_run)
     resume = sweep.add_parser("resume", parents=[ray_args], help="finish an interrupted sweep")
     resume.add_argument("dir", help="the sweep folder: <storage>/<name>")
