@@ -86,8 +86,9 @@ def _print_plan(spec, trials) -> None:
         iterations, dense, trainings = total_iterations(spec, [{}])
         n = spec.search.num_samples
         print(f"{n} trials chosen by {spec.search.algorithm} ({spec.search.mode} {spec.search.metric}) over: "
-              f"{swept}\nestimated from the base config (sampled values change it): at most {n * (dense + trainings):,} "
-              f"trainings, {n * iterations:,} training iterations, fewer where trials share dense runs")
+              f"{swept}\nestimated from the base config (sampled values change it): at most "
+              f"{n * (dense + trainings):,} trainings, {n * iterations:,} training iterations, fewer where trials "
+              "share dense runs")
         return
     width = len(str(len(trials)))
     for i, trial in enumerate(trials, 1):

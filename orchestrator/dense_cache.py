@@ -45,6 +45,8 @@ def claims_actor(create: bool = False):
     """The sweep's claims actor (created by the driver), or None outside a sweep."""
     if create:
         return DenseClaims.options(name=CLAIMS_ACTOR, get_if_exists=True, lifetime=None).remote()
+    if not ray.is_initialized():
+        return None
     try:
         return ray.get_actor(CLAIMS_ACTOR)
     except ValueError:

@@ -284,6 +284,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
 
 def parse_sweep(raw: Any, source: str, text: str = "", folder: Path = Path(".")) -> SweepSpec:
+    """Validate a sweep given as a mapping (`text`: the file it came from, if any; `folder`: where
+    a `base:` path is relative to)."""
     if not isinstance(raw, Mapping):
         raise ConfigError(source, [f"expected a mapping of sweep keys at the top, got {type(raw).__name__}"])
     problems: list[str] = []
@@ -359,9 +361,10 @@ def parse_sweep(raw: Any, source: str, text: str = "", folder: Path = Path("."))
 
     spec = None
     if not problems:
-        spec = SweepSpec(name=name, source=source, text=text, base=base, space=tuple(space), cases=cases,
-                         search=search, resources=resources, max_concurrent=max_concurrent,
-                         max_failures=max_failures, storage=storage, keep_checkpoints=keep)
+        spec = SweepSpec(name=name, source=source, text=text or yaml.safe_dump(dict(raw), sort_keys=False),
+                         base=base, space=tuple(space), cases=cases, search=search, resources=resources,
+                         max_concurrent=max_concurrent, max_failures=max_failures, storage=storage,
+                         keep_checkpoints=keep)
         _check_combinations(spec, problems)
     if problems:
         raise ConfigError(source, problems)

@@ -132,7 +132,7 @@ class Progress(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(f"{self._label(trial)}: FAILED after {self.spec.max_failures} retries; "
-                    f"error in {trial.storage.trial_fs_path if trial.storage else trial}/error.txt")
+                    f"the error is in {trial.path}/error.txt")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._print(f"{self._label(trial)}: failed; retrying from its last finished level")
