@@ -114,10 +114,11 @@ class Progress(Callback):
         print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
     def _label(self, trial) -> str:
+        """'trial N (swept values)', N as in `--dry-run` (Tune numbers trials in the order it makes them)."""
         if trial.trial_id not in self.labels:
             swept = self.spec.overrides(trial.config)
             values = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in swept.items()) or "base"
-            self.labels[trial.trial_id] = f"trial {len(self.labels) + 1} ({values})"
+            self.labels[trial.trial_id] = f"trial {int(trial.trial_id.rsplit('_', 1)[-1]) + 1} ({values})"
         return self.labels[trial.trial_id]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
