@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from pathlib import Path
@@ -101,6 +102,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     return address is None
 
 
+def _display_only(method):
+    """Tune stops a sweep when a callback raises; a display problem must not cost a sweep."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - anything, reported and then ignored
+            print(f"(progress display failed: {type(exc).__name__}: {exc})", flush=True)
+
+    return wrapper
+
+
 class Progress(Callback):
     """Live progress: a line per finished level and trial, and trial counts when they change."""
 
@@ -114,13 +128,16 @@ class Progress(Callback):
         print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
     def _label(self, trial) -> str:
-        """'trial N (swept values)', N as in `--dry-run` (Tune numbers trials in the order it makes them)."""
+        """'trial N (swept values)', N as in `--dry-run` for grid sweeps (Tune numbers their trials in order)."""
         if trial.trial_id not in self.labels:
             swept = self.spec.overrides(trial.config)
             values = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in swept.items()) or "base"
-            self.labels[trial.trial_id] = f"trial {int(trial.trial_id.rsplit('_', 1)[-1]) + 1} ({values})"
+            suffix = trial.trial_id.rsplit("_", 1)[-1]  # grid trials end in _NNNNN; searchers' ids are random
+            number = int(suffix) + 1 if suffix.isdigit() else len(self.labels) + 1
+            self.labels[trial.trial_id] = f"trial {number} ({values})"
         return self.labels[trial.trial_id]
 
+    @_display_only
     def on_trial_result(self, iteration, trials, trial, result, **info):
         parts = [f"level {result['level']}", f"{result['weights_remaining']:.1%} remaining"]
         for variant in ("ticket", "reinit", "random_mask"):
@@ -128,16 +145,20 @@ class Progress(Callback):
                 parts.append(f"{variant} {result[f'{variant}_accuracy']:.2%}")
         self._print(f"{self._label(trial)}: " + ", ".join(parts))
 
+    @_display_only
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._print(f"{self._label(trial)}: done")
 
+    @_display_only
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(f"{self._label(trial)}: FAILED after {self.spec.max_failures} retries; "
                     f"the error is in {trial.path}/error.txt")
 
+    @_display_only
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._print(f"{self._label(trial)}: failed; retrying from its last finished level")
 
+    @_display_only
     def on_step_end(self, iteration, trials, **info):
         counts: dict[str, int] = {}
         for t in trials:

@@ -101,3 +101,19 @@ def test_dry_run_prints_trials_and_iterations_and_runs_nothing(tmp_path, capsys)
     path.write_text(yaml.safe_dump({**sweep_raw(tmp_path), "space": {"train.lr": "fast"}}))
     assert main(["sweep", "run", str(path), "--dry-run"]) == 2
     assert "space.train.lr: expected a list of values" in capsys.readouterr().err
+
+
+def test_progress_lines_name_trials_as_the_dry_run_does_and_never_stop_a_sweep(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from orchestrator.tuner import Progress
+
+    progress = Progress(parse_sweep(sweep_raw(tmp_path), "t"))
+    result = {"level": 2, "weights_remaining": 0.64, "ticket_accuracy": 0.9712, "reinit_accuracy": 0.95}
+    progress.on_trial_result(0, [], SimpleNamespace(trial_id="a0e34_00004", config={"train.lr": 0.003}), result)
+    progress.on_trial_result(0, [], SimpleNamespace(trial_id="f8ffc776", config={"train.lr": 0.01}), result)
+    progress.on_trial_result(0, [], None, result)  # a broken call is reported, not raised
+    out = capsys.readouterr().out
+    assert "trial 5 (lr=0.003): level 2, 64.0% remaining, ticket 97.12%, reinit 95.00%" in out
+    assert "trial 2 (lr=0.01)" in out  # searchers' random trial ids: numbered as seen
+    assert "progress display failed: AttributeError" in out
