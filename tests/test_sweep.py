@@ -55,6 +55,14 @@ def test_grid_sweep_shares_dense_runs_and_matches_direct_runs(tmp_path, fresh_lo
     per_trial = collections.Counter(e["trial"] for e in entries if e["variant"] != "dense")
     assert sorted(per_trial.values()) == [6] * 8  # 3 levels x (ticket + reinit), nothing repeated
 
+    # Storage stays bounded: one checkpoint per trial, every mask, only the latest trained weights,
+    # no rewind states (those live once per dense run).
+    for trial in (tmp_path / "store" / "tiny").glob("run_trial_*"):
+        (checkpoint,) = trial.glob("checkpoint_*")
+        files = {str(f.relative_to(checkpoint)) for f in checkpoint.rglob("*") if f.is_file()}
+        assert {f for f in files if f.endswith(".pt")} == {
+            *(f"checkpoints/level_{lvl:03d}/mask.pt" for lvl in range(4)), "checkpoints/level_003/weights.pt"}
+    assert sorted(p.name for p in (tmp_path / "store" / "dense").iterdir()) == sorted({e["dense_hash"] for e in dense})
     stored = trial_results(tmp_path / "store" / "tiny")
     configs = [spec.trial_config(t) for t in grid]
     assert set(stored) == {config_hash(c) for c in configs}

@@ -330,12 +330,12 @@ class ImpRun(Trainer):
         _save(main.mask.state(), self._level_dir(level) / "mask.pt")
         _save(main.model.state_dict(), self._level_dir(level) / "weights.pt")
         self._commit(level, rows, history)
-        if self.cfg.imp.keep_weights == "last" and level > 1:
-            (self._level_dir(level - 1) / "weights.pt").unlink(missing_ok=True)
 
     def _commit(self, level: int, rows: list[dict], history: list[dict]) -> None:
         append_rows(self.out / "history.parquet", HISTORY_SCHEMA, history)
         append_rows(self.out / "results.parquet", LEVELS_SCHEMA, rows)  # the commit point
+        if self.cfg.imp.keep_weights == "last" and level > 1:  # before reporting: checkpoints copy the directory
+            (self._level_dir(level - 1) / "weights.pt").unlink(missing_ok=True)
         self.reporter.level_done(level, rows)
 
     def _trained(self, level: int) -> dict[str, torch.Tensor]:
