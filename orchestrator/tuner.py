@@ -61,7 +61,7 @@ def _storage_path(spec: SweepSpec) -> str:
 
 def save_spec(spec: SweepSpec) -> None:
     """Store the sweep, its base config fully resolved, in the sweep folder."""
-    raw = yaml.safe_load(spec.text) if spec.text else {}
+    raw = yaml.safe_load(spec.text)
     raw["base"] = to_dict(spec.base)
     fs, root = _filesystem(spec.experiment)
     fs.create_dir(root, recursive=True)
@@ -80,11 +80,7 @@ def load_saved_spec(directory: str) -> SweepSpec:
                                       "(it is <storage>/<sweep name>)"]) from None
     spec = parse_sweep(yaml.safe_load(text), path, text)
     storage = directory.rstrip("/").rsplit("/", 1)[0] if "://" in directory else str(Path(root).parent)
-    return _with_storage(spec, storage, Path(root).name)
-
-
-def _with_storage(spec: SweepSpec, storage: str, name: str) -> SweepSpec:
-    return dataclasses.replace(spec, storage=storage, name=name)
+    return dataclasses.replace(spec, storage=storage, name=Path(root).name)
 
 
 def exists(spec: SweepSpec) -> bool:
