@@ -157,14 +157,13 @@ class Snapshot:
 class Trainer:
     """What a dense run and an IMP run share: the config, data on the device, and training a `Start`."""
 
-    def __init__(self, cfg: Config, reporter: Reporter | None):
+    def __init__(self, cfg: Config, reporter: Reporter | None, data: Dataset | None = None):
         self.cfg = cfg
         self.reporter = reporter or Reporter()
         self.device = resolve_device(cfg.runtime.device)
-        self.data: Dataset = load_dataset(cfg.data).to(self.device)
-        steps = self.data.steps_per_epoch(cfg.train.batch_size)
-        self.end_iter = to_iterations(cfg.train.length, steps)
-        self.eval_every = to_iterations(cfg.train.eval_every, steps)
+        self.data: Dataset = data if data is not None else load_dataset(cfg.data).to(self.device)
+        self.end_iter = self.iterations(cfg.train.length)
+        self.eval_every = self.iterations(cfg.train.eval_every)
         self.trainings = 0  # training runs started by this object (tests count them)
 
     def iterations(self, duration: str) -> int:
@@ -198,8 +197,8 @@ class DenseRun(Trainer):
     """Level 0 of IMP in directory `out`: the dense network trained once, with its state kept at
     every rewind point asked for. `ensure(points)` does whatever is missing, nothing more."""
 
-    def __init__(self, cfg: Config, out: str | Path, reporter: Reporter | None = None):
-        super().__init__(cfg, reporter)
+    def __init__(self, cfg: Config, out: str | Path, reporter: Reporter | None = None, data: Dataset | None = None):
+        super().__init__(cfg, reporter, data)
         self.out = Path(out)
         _claim(self.out / "config.yaml", cfg, DENSE_SECTIONS, lambda c: f"dense run {dense_hash(c)}")
         self._cached: tuple[int | None, Any] = (None, None)
@@ -213,9 +212,6 @@ class DenseRun(Trainer):
     @property
     def trained(self) -> bool:
         return (self.out / "results.parquet").exists()
-
-    def complete(self, points: Sequence[int]) -> bool:
-        return self.trained and set(points) <= set(self.stored())
 
     def ensure(self, points: Sequence[int]) -> None:
         points = sorted({0, *points})  # the initial state lets any later point be recreated
@@ -270,7 +266,8 @@ class ImpRun(Trainer):
         super().__init__(cfg, reporter)
         self.out = Path(out)
         _claim(self.out / "config.yaml", cfg, [f.name for f in fields(cfg)], run_name)
-        self.dense = DenseRun(cfg, self.out / "dense" if dense_dir is None else dense_dir, reporter)
+        # The same device-resident data: a second copy on a GPU would cost its memory twice.
+        self.dense = DenseRun(cfg, self.out / "dense" if dense_dir is None else dense_dir, reporter, self.data)
         self.rewind_iter = self.iterations(cfg.imp.rewind_iter)
         if self.rewind_iter >= self.end_iter:
             raise ConfigError(str(self.out / "config.yaml"), [
