@@ -53,6 +53,13 @@ def claims_actor(create: bool = False):
         return None
 
 
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, absolute path) for a local folder or a pyarrow URI (s3://, gs://, file://, ...)."""
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), str(Path(path).resolve())
+
+
 class DenseStore:
     """Where shared dense runs live: `<storage>/dense/`, a local folder or a pyarrow-filesystem URI.
 
@@ -63,12 +70,9 @@ class DenseStore:
 
     def __init__(self, storage: str, cache: Path | None = None):
         self.remote = "://" in storage
-        if self.remote:
-            self.fs, root = pafs.FileSystem.from_uri(storage)
-            self.root = f"{root.rstrip('/')}/dense"
-            self.cache = cache or Path.home() / ".cache" / "lth-sweeps" / "dense"
-        else:
-            self.fs, self.root = pafs.LocalFileSystem(), str(Path(storage).resolve() / "dense")
+        self.fs, root = filesystem(storage)
+        self.root = f"{root.rstrip('/')}/dense"
+        self.cache = cache or Path.home() / ".cache" / "lth-sweeps" / "dense"
 
     def local(self, key: str) -> Path:
         return self.cache / key if self.remote else Path(self.root) / key

@@ -17,7 +17,7 @@ import yaml  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune import Callback  # noqa: E402
 
-from orchestrator.dense_cache import claims_actor  # noqa: E402
+from orchestrator.dense_cache import claims_actor, filesystem  # noqa: E402
 from orchestrator.spec import Domain, SweepSpec, parse_sweep  # noqa: E402
 from orchestrator.trial import run_trial  # noqa: E402
 from trainables.config import ConfigError, to_dict  # noqa: E402
@@ -49,28 +49,18 @@ def _search_alg(spec: SweepSpec):
                         sampler=optuna.samplers.TPESampler(seed=spec.search.seed))
 
 
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), str(Path(path).resolve())
-
-
-def _storage_path(spec: SweepSpec) -> str:
-    return spec.storage if spec.is_uri else str(Path(spec.storage).resolve())
-
-
 def save_spec(spec: SweepSpec) -> None:
     """Store the sweep, its base config fully resolved, in the sweep folder."""
     raw = yaml.safe_load(spec.text)
     raw["base"] = to_dict(spec.base)
-    fs, root = _filesystem(spec.experiment)
+    fs, root = filesystem(spec.experiment)
     fs.create_dir(root, recursive=True)
     with fs.open_output_stream(f"{root}/{SWEEP_FILE}") as f:
         f.write(f"# resolved copy of {spec.source}\n".encode() + yaml.safe_dump(raw, sort_keys=False).encode())
 
 
 def load_saved_spec(directory: str) -> SweepSpec:
-    fs, root = _filesystem(directory)
+    fs, root = filesystem(directory)
     path = f"{root}/{SWEEP_FILE}"
     try:
         with fs.open_input_stream(path) as f:
@@ -84,7 +74,7 @@ def load_saved_spec(directory: str) -> SweepSpec:
 
 
 def exists(spec: SweepSpec) -> bool:
-    fs, root = _filesystem(spec.experiment)
+    fs, root = filesystem(spec.experiment)
     return fs.get_file_info(f"{root}/{SWEEP_FILE}").type == pafs.FileType.File
 
 
@@ -204,7 +194,8 @@ def check_resources(spec: SweepSpec) -> None:
 def run(spec: SweepSpec, *, resume: bool = False) -> tune.ResultGrid:
     """Run the sweep (or, with `resume`, finish an interrupted one) on the connected Ray cluster."""
     claims = claims_actor(create=True)  # a named actor lives while its creator holds a handle
-    spec = dataclasses.replace(spec, storage=_storage_path(spec))  # trials run in other working directories
+    if not spec.is_uri:  # absolute: trials run in other working directories
+        spec = dataclasses.replace(spec, storage=filesystem(spec.storage)[1])
     trainable = _trainable(spec)
     if resume:
         tuner = tune.Tuner.restore(spec.experiment, trainable, resume_errored=True, param_space=param_space(spec))
@@ -216,7 +207,7 @@ def run(spec: SweepSpec, *, resume: bool = False) -> tune.ResultGrid:
             tune_config=tune.TuneConfig(num_samples=spec.search.num_samples, search_alg=_search_alg(spec),
                                         max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=_storage_path(spec), verbose=0,
+                name=spec.name, storage_path=spec.storage, verbose=0,
                 callbacks=[Progress(spec), ReleaseClaims()],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints)))
