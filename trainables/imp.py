@@ -172,6 +172,18 @@ class Trainer:
     def new_model(self, seed: int) -> nn.Module:
         return build_model(self.cfg.model, self.data.input_shape, self.data.num_classes, seed).to(self.device)
 
+    def describe(self) -> dict[str, Any]:
+        """The run's identity and hyperparameters, as result-table columns."""
+        cfg, rates = self.cfg, self.cfg.prune.rate_for
+        return {"run_name": run_name(cfg), "config_hash": config_hash(cfg), "dense_hash": dense_hash(cfg),
+                "arch": cfg.model.arch, "dataset": cfg.data.dataset, "seed": cfg.seed, "data_seed": cfg.data_seed,
+                "optimizer": cfg.train.optimizer, "lr": cfg.train.lr,
+                "momentum": cfg.train.momentum if cfg.train.optimizer == "sgd" else None,
+                "weight_decay": cfg.train.weight_decay, "batch_size": cfg.train.batch_size,
+                "warmup_iters": self.iterations(cfg.train.warmup), "rewind_iter": self.iterations(cfg.imp.rewind_iter),
+                "prune_strategy": cfg.prune.strategy, "prune_scope": cfg.prune.scope, "prune_rate": rates("linear"),
+                "prune_conv_rate": rates("conv"), "prune_output_rate": rates("output")}
+
     def train(self, level: int, variant: str, start: Start, begin: int,
               extra: Sequence = ()) -> tuple[list[dict], list[dict]]:
         """One training run from `start` at iteration `begin`; returns its results row and evaluation history."""
@@ -181,15 +193,14 @@ class Trainer:
         self.trainings += 1
         evaluator = Evaluator(start.model, self.data, self.eval_every, cfg.runtime.eval_batch_size,
                               on_record=lambda e: self.reporter.evaluated(level, variant, e, self.end_iter))
-        tic = time.perf_counter()
+        started, tic = datetime.now(timezone.utc), time.perf_counter()
         train(start.model, start.optimizer, self.data, cfg.train, data_seed=cfg.data_seed, start=begin,
               keep_mask=start.mask.applier(start.model), callbacks=[evaluator, *extra])
         curve = evaluator.history()  # reads results back: the run's one host sync
         seconds = time.perf_counter() - tic
-        row = {"run_name": run_name(cfg), "config_hash": config_hash(cfg), "dense_hash": dense_hash(cfg),
-               "arch": cfg.model.arch, "dataset": cfg.data.dataset, "seed": cfg.seed, "level": level,
-               "variant": variant, "weights_remaining": remaining, **summarize(curve), "start_iter": begin,
-               "end_iter": self.end_iter, "train_seconds": seconds, "finished_at": datetime.now(timezone.utc)}
+        row = {**self.describe(), "level": level, "variant": variant, "weights_remaining": remaining,
+               **summarize(curve), "start_iter": begin, "end_iter": self.end_iter, "train_seconds": seconds,
+               "started_at": started, "finished_at": datetime.now(timezone.utc)}
         return [row], [{"level": level, "variant": variant, **h} for h in curve]
 
 
@@ -310,7 +321,7 @@ class ImpRun(Trainer):
         """Level 0: this run's copy of the (possibly shared) dense run's record."""
         self.dense.ensure([self.rewind_iter])
         self.trainings += self.dense.trainings
-        identity = {"run_name": run_name(self.cfg), "config_hash": config_hash(self.cfg)}
+        identity = self.describe()  # the dense row may come from a run with other pruning settings
         rows = [row | identity for row in read_table(self.dense.out / "results.parquet", LEVELS_SCHEMA).to_pylist()]
         history = read_table(self.dense.out / "history.parquet", HISTORY_SCHEMA).to_pylist()
         _save(Mask.dense(self.new_model(self.cfg.seed), self.layers).state(), self._level_dir(0) / "mask.pt")

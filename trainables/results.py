@@ -18,14 +18,28 @@ import pyarrow.parquet as pq
 
 VARIANTS = ("dense", "ticket", "reinit", "random_mask")
 
-# One row per (level, variant) of an IMP run.
+# One row per (level, variant) of an IMP run: its identity, the hyperparameters studies sweep
+# (durations in iterations), and the results. A sweep's table adds the sweep and trial columns.
 LEVELS_SCHEMA = pa.schema([
-    ("run_name", pa.string()),
-    ("config_hash", pa.string()),
-    ("dense_hash", pa.string()),
+    ("run_name", pa.string()),  # <arch>-<dataset>-<config_hash>
+    ("config_hash", pa.string()),  # the run's identity: hash of its non-default config fields
+    ("dense_hash", pa.string()),  # the dense run (level 0) it builds on
     ("arch", pa.string()),
     ("dataset", pa.string()),
-    ("seed", pa.int64()),
+    ("seed", pa.int64()),  # initialisation, pruning ties, controls
+    ("data_seed", pa.int64()),  # SGD noise: data order and augmentation
+    ("optimizer", pa.string()),
+    ("lr", pa.float64()),  # peak learning rate
+    ("momentum", pa.float64()),  # SGD only (null for Adam)
+    ("weight_decay", pa.float64()),
+    ("batch_size", pa.int64()),
+    ("warmup_iters", pa.int64()),
+    ("rewind_iter", pa.int64()),  # k: survivors rewind to their values at this iteration
+    ("prune_strategy", pa.string()),
+    ("prune_scope", pa.string()),  # layerwise or global
+    ("prune_rate", pa.float64()),  # per level, fully connected layers
+    ("prune_conv_rate", pa.float64()),  # per level, conv layers (resolved)
+    ("prune_output_rate", pa.float64()),  # per level, the output layer (resolved)
     ("level", pa.int64()),
     ("variant", pa.string()),  # one of VARIANTS
     ("weights_remaining", pa.float64()),  # kept fraction of prunable weights
@@ -38,6 +52,7 @@ LEVELS_SCHEMA = pa.schema([
     ("start_iter", pa.int64()),  # the rewind iteration for tickets and controls
     ("end_iter", pa.int64()),
     ("train_seconds", pa.float64()),
+    ("started_at", pa.timestamp("ms", tz="UTC")),
     ("finished_at", pa.timestamp("ms", tz="UTC")),
 ])
 
