@@ -20,6 +20,7 @@ before anything runs, and every problem is reported at once with the file, the k
     max_failures: 2                     # retries of a failed trial, each from its last finished level
     storage: runs/sweeps                # a local folder or a URI pyarrow understands (s3://bucket/lth)
     checkpoints: {keep: 1}              # Tune checkpoints kept per trial
+    tracking: {uri: http://head:5000}   # MLflow; default: $MLFLOW_TRACKING_URI, else <storage>/mlflow.db
 """
 
 from __future__ import annotations
@@ -79,6 +80,15 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Tracking:
+    """Where MLflow shows the sweep; the Parquet tables in the sweep folder are the record either way."""
+
+    uri: str | None = None  # None: --tracking-uri, else $MLFLOW_TRACKING_URI, else <storage>/mlflow.db (SQLite)
+    experiment: str | None = None  # None: the sweep's name
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     """A validated sweep file."""
 
@@ -94,6 +104,7 @@ class SweepSpec:
     max_failures: int = 2
     storage: str = "runs/sweeps"
     keep_checkpoints: int = 1
+    tracking: Tracking = Tracking()
 
     @property
     def is_uri(self) -> bool:
@@ -144,7 +155,7 @@ class SweepSpec:
 # loading and validation
 
 _TOP = {"name", "base", "space", "cases", "search", "resources", "max_concurrent", "max_failures", "storage",
-        "checkpoints", "description"}
+        "checkpoints", "tracking", "description"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _URI_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file", "mock")
 
@@ -196,8 +207,10 @@ def _section(raw: Mapping[str, Any], key: str, cls: type, problems: list[str]) -
                 problems.append(f"{key}.{k}: expected {'an integer' if base is int else 'a number'}, got {v!r}")
             else:
                 kwargs[k] = base(v)
-        elif tp is str and not isinstance(v, str):
+        elif (tp is str or args and args[0] is str) and not isinstance(v, str):
             problems.append(f"{key}.{k}: expected a string, got {v!r}")
+        elif tp is bool and not isinstance(v, bool):
+            problems.append(f"{key}.{k}: expected true or false, got {v!r}")
         else:
             kwargs[k] = v
     return cls(**kwargs)
@@ -320,6 +333,7 @@ def parse_sweep(raw: Any, source: str, text: str = "", folder: Path = Path("."))
     cases = _cases(raw.get("cases"), known, {k for k, _ in space}, base, problems)
     search = _section(raw, "search", Search, problems)
     resources = _section(raw, "resources", Resources, problems)
+    tracking = _section(raw, "tracking", Tracking, problems)
     checkpoints = raw.get("checkpoints", {})
     keep = 1
     if not isinstance(checkpoints, Mapping) or set(checkpoints) - {"keep"}:
@@ -364,7 +378,7 @@ def parse_sweep(raw: Any, source: str, text: str = "", folder: Path = Path("."))
         spec = SweepSpec(name=name, source=source, text=text or yaml.safe_dump(dict(raw), sort_keys=False),
                          base=base, space=tuple(space), cases=cases, search=search, resources=resources,
                          max_concurrent=max_concurrent, max_failures=max_failures, storage=storage,
-                         keep_checkpoints=keep)
+                         keep_checkpoints=keep, tracking=tracking)
         _check_combinations(spec, problems)
     if problems:
         raise ConfigError(source, problems)

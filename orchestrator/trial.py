@@ -25,6 +25,7 @@ from ray import tune
 
 from orchestrator.dense_cache import DenseStore, acquire
 from orchestrator.spec import SweepSpec
+from orchestrator.tracking import Target, TrialLog, TrialRecord, read_masks
 from trainables.config import Config, config_hash, dense_hash
 from trainables.imp import ImpRun, Reporter
 from trainables.results import LEVELS_SCHEMA, read_table
@@ -68,10 +69,13 @@ def level_metrics(rows: list[dict[str, Any]], spec: SweepSpec) -> dict[str, Any]
 
 
 class TrialReporter(Reporter):
-    """Reports each finished level to Tune with the run directory as its checkpoint."""
+    """Reports each finished level to Tune with the run directory as its checkpoint, and hands it
+    to the trial's MLflow logger (if tracked)."""
 
-    def __init__(self, spec: SweepSpec, cfg: Config, workdir: Path, trial_id: str):
+    def __init__(self, spec: SweepSpec, cfg: Config, workdir: Path, trial_id: str, tracking: TrialLog | None):
         self.spec, self.cfg, self.workdir, self.trial_id = spec, cfg, workdir, trial_id
+        self.tracking = tracking
+        self.masks_read: set[int] = set()
         self.log = os.environ.get(TRAINING_LOG)
 
     def _log(self, event: str, **fields: Any) -> None:
@@ -86,13 +90,23 @@ class TrialReporter(Reporter):
         self._log("training", level=level, variant=variant, start=start, end=end)
 
     def level_done(self, level: int, rows: list[dict[str, Any]]) -> None:
-        report(self.spec, self.workdir)
+        self.report()
         self._log("level_done", level=level)
 
+    def track(self) -> list[dict[str, Any]]:
+        """Hand the run's rows (and masks not yet read) to the MLflow logger; returns the rows."""
+        rows = read_table(self.workdir / "results.parquet", LEVELS_SCHEMA).to_pylist()
+        if self.tracking is not None:
+            levels = {r["level"] for r in rows} - self.masks_read
+            self.tracking.update(rows, read_masks(self.workdir, sorted(levels)))
+            self.masks_read |= levels
+        return rows
 
-def report(spec: SweepSpec, workdir: Path) -> None:
-    rows = read_table(workdir / "results.parquet", LEVELS_SCHEMA).to_pylist()
-    tune.report(level_metrics(rows, spec), checkpoint=tune.Checkpoint.from_directory(str(workdir)))
+    def report(self) -> None:
+        metrics = level_metrics(self.track(), self.spec)
+        if self.tracking is not None:
+            metrics["mlflow_failures"] = self.tracking.failures
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(self.workdir)))
 
 
 def _levels_in(fs: pafs.FileSystem, path: str) -> int:
@@ -121,18 +135,31 @@ def restore(workdir: Path) -> int:
     return _levels_in(known.filesystem, known.path) if known else 0
 
 
-def run_trial(config: Mapping[str, Any], spec: SweepSpec, rewind_points: Mapping[str, list[str]]) -> None:
-    """The Tune function trainable (bound to the sweep with `tune.with_parameters`)."""
+def run_trial(config: Mapping[str, Any], spec: SweepSpec, rewind_points: Mapping[str, list[str]],
+              target: Target | None) -> None:
+    """The Tune function trainable (bound to the sweep with `tune.with_parameters`); `target`: the
+    sweep's MLflow runs, or None when it is not tracked."""
     cfg = spec.trial_config(config)
     context = tune.get_context()
+    trial_id = context.get_trial_id()
     # Node-local and outside Tune's trial folder (which Tune uploads on its own schedule): the run
     # directory reaches storage only as a checkpoint, whole, after each level.
-    workdir = Path(tempfile.gettempdir()) / "lth-trials" / context.get_experiment_name() / context.get_trial_id()
+    workdir = Path(tempfile.gettempdir()) / "lth-trials" / context.get_experiment_name() / trial_id
     tune_knows = restore(workdir)
-    reporter = TrialReporter(spec, cfg, workdir, context.get_trial_id())
-    points = [*rewind_points.get(dense_hash(cfg), []), cfg.imp.rewind_iter]
-    dense_dir = acquire(cfg, points, DenseStore(spec.storage), context.get_trial_id(), reporter)
-    run = ImpRun(cfg, workdir, reporter, dense_dir=dense_dir)
-    if len(run.finished_levels()) > tune_knows:  # progress Tune lost with a killed driver: tell it again
-        report(spec, workdir)
-    run.run()
+    tracking = None if target is None else TrialLog(target, TrialRecord(trial_id, cfg, spec.overrides(config), []))
+    reporter = TrialReporter(spec, cfg, workdir, trial_id, tracking)
+    try:
+        points = [*rewind_points.get(dense_hash(cfg), []), cfg.imp.rewind_iter]
+        dense_dir = acquire(cfg, points, DenseStore(spec.storage), trial_id, reporter)
+        run = ImpRun(cfg, workdir, reporter, dense_dir=dense_dir)
+        if len(run.finished_levels()) > tune_knows:  # progress Tune lost with a killed driver: tell it again
+            reporter.report()
+        else:
+            reporter.track()  # a retry: its MLflow run may lack what an earlier attempt could not log
+        run.run()
+    except BaseException:
+        if tracking is not None:
+            tracking.close("FAILED", timeout=10)
+        raise
+    if tracking is not None:
+        tracking.close("FINISHED")

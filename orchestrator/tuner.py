@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
+import tempfile
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our Progress callback is the display
 
 import pyarrow.fs as pafs  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 import yaml  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune import Callback  # noqa: E402
 
+from orchestrator import store, tracking  # noqa: E402
 from orchestrator.dense_cache import claims_actor, filesystem  # noqa: E402
 from orchestrator.spec import Domain, SweepSpec, parse_sweep  # noqa: E402
 from orchestrator.trial import run_trial  # noqa: E402
@@ -73,6 +78,68 @@ def load_saved_spec(directory: str) -> SweepSpec:
     return dataclasses.replace(spec, storage=storage, name=Path(root).name)
 
 
+def _read_json(directory: str, name: str) -> dict[str, Any] | None:
+    fs, root = filesystem(directory)
+    try:
+        with fs.open_input_stream(f"{root}/{name}") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def identity(spec: SweepSpec, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The sweep's id and MLflow location, fixed at its first launch (`sweep.json` in its folder);
+    a `tracking_uri` given later (to resume against a server) replaces the stored one."""
+    stored = _read_json(spec.experiment, tracking.SWEEP_FILE_JSON)
+    if stored is None or tracking_uri:
+        uri = tracking.resolve_uri(tracking_uri, spec.tracking.uri, spec.storage) if spec.tracking.enabled else None
+        stored = {"sweep_id": (stored or {}).get("sweep_id") or uuid.uuid4().hex[:12], "tracking_uri": uri,
+                  "experiment": spec.tracking.experiment or spec.name}
+        fs, root = filesystem(spec.experiment)
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(f"{root}/{tracking.SWEEP_FILE_JSON}") as f:
+            f.write(json.dumps(stored, indent=2).encode())
+    return stored
+
+
+def sweep_params(spec: SweepSpec) -> dict[str, str]:
+    """The parent run's params: the search, the swept values and the base config."""
+    swept = {f"space.{key}": json.dumps(list(d.values)) if d.kind == "grid" else f"{d.kind}{list(d.values)}"
+             for key, d in spec.space}
+    if spec.cases:
+        swept["cases"] = json.dumps([dict(c) for c in spec.cases])[:6000]
+    search = {f"search.{k}": str(v) for k, v in dataclasses.asdict(spec.search).items()}
+    return {**search, **swept, **tracking.flat_params(to_dict(spec.base), "base.")}
+
+
+def open_tracking(spec: SweepSpec, ident: Mapping[str, Any]) -> tracking.Target | None:
+    """The sweep's MLflow parent run; None (and a note) when MLflow is off or cannot be reached."""
+    uri = ident["tracking_uri"]
+    if uri is None:
+        print("MLflow: not tracked (tracking.enabled: false, or remote storage without a tracking URI: "
+              "pass --tracking-uri http://HOST:PORT of an `mlflow server`)", flush=True)
+        return None
+    try:
+        target = tracking.open_sweep(uri, ident["experiment"], spec.name, ident["sweep_id"], spec.text,
+                                     sweep_params(spec))
+    except Exception as exc:  # noqa: BLE001 - MLflow is a view: the sweep runs without it
+        print(f"MLflow: cannot reach {uri} ({type(exc).__name__}: {str(exc)[:200]}); the sweep runs untracked. "
+              f"Afterwards: lth mlflow sync {spec.experiment}", flush=True)
+        return None
+    print(f"MLflow: {uri}, experiment {ident['experiment']!r} (lth ui {spec.storage})", flush=True)
+    return target
+
+
+def check_tracking_reach(uri: str) -> None:
+    """A SQLite file is on this machine only: trials on other machines would each write their own."""
+    here = ray.util.get_node_ip_address()
+    others = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} - {here}
+    if others and tracking.is_local(uri):
+        raise ConfigError("tracking", [f"tracking URI {uri} is a file on this machine, but the Ray cluster has "
+                                       f"nodes on {', '.join(sorted(others))}; start `mlflow server` on a host "
+                                       "they reach and pass --tracking-uri http://HOST:PORT"])
+
+
 def exists(spec: SweepSpec) -> bool:
     fs, root = filesystem(spec.experiment)
     return fs.get_file_info(f"{root}/{SWEEP_FILE}").type == pafs.FileType.File
@@ -107,6 +174,7 @@ class Progress(Callback):
     def __init__(self, spec: SweepSpec, every: float = 30.0):
         self.spec, self.every = spec, every
         self.labels: dict[str, str] = {}
+        self.mlflow_failures: dict[str, int] = {}
         self.last_counts: tuple | None = None
         self.last_time = 0.0
 
@@ -130,6 +198,10 @@ class Progress(Callback):
             if f"{variant}_accuracy" in result:
                 parts.append(f"{variant} {result[f'{variant}_accuracy']:.2%}")
         self._print(f"{self._label(trial)}: " + ", ".join(parts))
+        if result.get("mlflow_failures", 0) > self.mlflow_failures.get(trial.trial_id, 0):
+            self.mlflow_failures[trial.trial_id] = result["mlflow_failures"]
+            self._print(f"{self._label(trial)}: MLflow logging failed {result['mlflow_failures']} time(s), retrying; "
+                        "results are safe in Parquet")
 
     @_display_only
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -158,6 +230,22 @@ class Progress(Callback):
                                                s in ("RUNNING", "PENDING", "TERMINATED")))
 
 
+class Record(Callback):
+    """Keeps `<sweep>/results.parquet` level with the trials' checkpoints, one level at a time."""
+
+    def __init__(self, spec: SweepSpec, table: store.SweepTable):
+        self.spec, self.table = spec, table
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        try:
+            rows = store.checkpoint_rows(checkpoint.filesystem, checkpoint.path)
+            if rows is not None and self.table.set(trial.trial_id, self.spec.overrides(trial.config), rows):
+                self.table.save()
+        except Exception as exc:  # noqa: BLE001 - the checkpoint keeps the rows; resume/sync collects them
+            print(f"results.parquet: could not record {trial.trial_id} ({type(exc).__name__}: {exc}); its "
+                  "checkpoint keeps the rows, and `lth sweep resume` or `lth mlflow sync` collects them", flush=True)
+
+
 class ReleaseClaims(Callback):
     """A trial that stops holds no dense-run claim: a waiting (or its retried) trial takes over."""
 
@@ -175,8 +263,8 @@ class ReleaseClaims(Callback):
         self._release(trial)
 
 
-def _trainable(spec: SweepSpec):
-    fn = tune.with_parameters(run_trial, spec=spec, rewind_points=spec.rewind_points())
+def _trainable(spec: SweepSpec, target: tracking.Target | None):
+    fn = tune.with_parameters(run_trial, spec=spec, rewind_points=spec.rewind_points(), target=target)
     return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
@@ -191,26 +279,70 @@ def check_resources(spec: SweepSpec) -> None:
                 f"{available.get(name, 0):g}; lower it, or run on a cluster that has them (--address)"])
 
 
-def run(spec: SweepSpec, *, resume: bool = False) -> tune.ResultGrid:
+def _trial_dirname(trial) -> str:
+    return f"{store.TRIAL_PREFIX}{trial.trial_id}"
+
+
+def run(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None = None) -> tune.ResultGrid:
     """Run the sweep (or, with `resume`, finish an interrupted one) on the connected Ray cluster."""
-    claims = claims_actor(create=True)  # a named actor lives while its creator holds a handle
     if not spec.is_uri:  # absolute: trials run in other working directories
         spec = dataclasses.replace(spec, storage=filesystem(spec.storage)[1])
-    trainable = _trainable(spec)
+    if not resume:
+        save_spec(spec)
+    ident = identity(spec, tracking_uri)
+    if ident["tracking_uri"]:
+        check_tracking_reach(ident["tracking_uri"])
+    target = open_tracking(spec, ident)
+    table = store.SweepTable(spec.experiment, spec.name, ident["sweep_id"])
+    if resume:
+        store.collect(table, spec.overrides)
+    claims = claims_actor(create=True)  # a named actor lives while its creator holds a handle
+    trainable = _trainable(spec, target)
+    callbacks = [Progress(spec), ReleaseClaims(), Record(spec, table)]
     if resume:
         tuner = tune.Tuner.restore(spec.experiment, trainable, resume_errored=True, param_space=param_space(spec))
     else:
-        save_spec(spec)
         tuner = tune.Tuner(
             trainable, param_space=param_space(spec),
             # Reused trial processes skip a Python + torch start per trial (seconds, for small trials).
             tune_config=tune.TuneConfig(num_samples=spec.search.num_samples, search_alg=_search_alg(spec),
-                                        max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+                                        max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
+                                        trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=spec.storage, verbose=0,
-                callbacks=[Progress(spec), ReleaseClaims()],
+                name=spec.name, storage_path=spec.storage, verbose=0, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints)))
     results = tuner.fit()
     ray.kill(claims)
+    store.collect(table, spec.overrides)
+    if target is not None:
+        statuses = {Path(r.path).name[len(store.TRIAL_PREFIX):]: "FAILED" if r.error else "FINISHED" for r in results}
+        sync(spec, target, table.table(), statuses)
     return results
+
+
+def sync(spec: SweepSpec, target: tracking.Target, table, statuses: Mapping[str, str]) -> int | None:
+    """Bring MLflow level with the sweep's table; None (and the fix) if MLflow cannot be reached."""
+    trials = store.stored_trials(spec.experiment)
+
+    def masks(trial_id: str, levels) -> dict[int, Any]:
+        trial = trials.get(trial_id)
+        if trial is None or trial.checkpoint is None:
+            return {}
+        if isinstance(trial.fs, pafs.LocalFileSystem):
+            return tracking.read_masks(Path(trial.checkpoint), levels)
+        with tempfile.TemporaryDirectory() as tmp:
+            tune.Checkpoint(trial.checkpoint, trial.fs).to_directory(tmp)
+            return tracking.read_masks(Path(tmp), levels)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results_file = Path(tmp) / store.RESULTS_FILE
+        pq.write_table(table, results_file)
+        try:
+            return tracking.sync_sweep(target, table, lambda o: spec.base.with_updates(o), statuses, masks,
+                                       results_file)
+        except Exception as exc:  # noqa: BLE001 - MLflow is a view; Parquet holds the results
+            print(f"MLflow: could not bring {target.uri} level with the results ({type(exc).__name__}: "
+                  f"{str(exc)[:200]}); they are all in {spec.experiment}/{store.RESULTS_FILE}. Once MLflow is "
+                  f"reachable: lth mlflow sync {spec.experiment}", flush=True)
+            return None

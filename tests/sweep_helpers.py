@@ -60,7 +60,7 @@ def wait_for(log: Path, predicate, timeout: float = 300.0) -> dict:
 def trial_results(experiment: Path) -> dict[str, "object"]:
     """config hash -> the trial's per-level results (from its latest checkpoint), sorted."""
     out = {}
-    for trial in experiment.glob("run_trial_*"):
+    for trial in experiment.glob("trial_*"):
         checkpoints = sorted(trial.glob("checkpoint_*"))
         if not checkpoints:
             continue

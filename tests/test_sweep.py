@@ -57,7 +57,7 @@ def test_grid_sweep_shares_dense_runs_and_matches_direct_runs(tmp_path, fresh_lo
 
     # Storage stays bounded: one checkpoint per trial, every mask, only the latest trained weights,
     # no rewind states (those live once per dense run).
-    for trial in (tmp_path / "store" / "tiny").glob("run_trial_*"):
+    for trial in (tmp_path / "store" / "tiny").glob("trial_*"):
         (checkpoint,) = trial.glob("checkpoint_*")
         files = {str(f.relative_to(checkpoint)) for f in checkpoint.rglob("*") if f.is_file()}
         assert {f for f in files if f.endswith(".pt")} == {
