@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -117,7 +118,7 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
                                         f"lth sweep resume {spec.experiment}; to start another, pass --name"])
     if tuner.init_ray(args.address, args.num_cpus):
         tuner.check_resources(spec)
-    return _finish(spec, tuner.run(spec))
+    return _finish(spec, tuner.run(spec, tracking_uri=args.tracking_uri))
 
 
 def cmd_sweep_resume(args: argparse.Namespace) -> int:
@@ -126,7 +127,7 @@ def cmd_sweep_resume(args: argparse.Namespace) -> int:
     spec = tuner.load_saved_spec(args.dir)
     print(f"resuming sweep {spec.name} in {spec.experiment}")
     tuner.init_ray(args.address, args.num_cpus)
-    return _finish(spec, tuner.run(spec, resume=True))
+    return _finish(spec, tuner.run(spec, resume=True, tracking_uri=args.tracking_uri))
 
 
 def _finish(spec, results) -> int:
@@ -137,6 +138,146 @@ def _finish(spec, results) -> int:
     if failed or unfinished:
         print(f"to finish it: lth sweep resume {spec.experiment}", file=sys.stderr)
     return 1 if failed or unfinished else 0
+
+
+def _percent(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.2%}" if std is None else f"{mean:.2%} ± {std:.2%}"
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from orchestrator import store
+
+    table = store.read_results(args.dir)
+    if table.num_rows == 0:
+        raise ConfigError(args.dir, [f"no rows in {args.dir}/{store.RESULTS_FILE}: not a sweep folder, or no "
+                                     "trial has finished a level yet"])
+    keys, rows = store.summary(table)
+    if args.format == "json":
+        print(json.dumps(rows, indent=1))
+        return 0
+    if args.format == "csv":
+        import csv
+
+        columns = [*keys, "level", "weights_remaining", "seeds"] + [
+            f"{v}_{s}" for v in store.SUMMARY_VARIANTS for s in ("mean", "std")]
+        writer = csv.DictWriter(sys.stdout, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        return 0
+    variants = [v for v in store.SUMMARY_VARIANTS if any(f"{v}_mean" in r for r in rows)]
+    header = ["setting", "level", "remaining", "seeds", *variants]
+    lines = [[", ".join(f"{k}={r[k]}" for k in keys) or "base", str(r["level"]), f"{r['weights_remaining']:.1%}",
+              str(r["seeds"]), *(_percent(r.get(f"{v}_mean"), r.get(f"{v}_std")) for v in variants)] for r in rows]
+    widths = [max(len(x) for x in column) for column in zip(header, *lines)]
+    for line in [header, *lines]:
+        print("  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths))))
+    print(f"\n{table.num_rows} rows from {args.dir}/{store.RESULTS_FILE}; mean ± std of test accuracy over seeds "
+          "(level 0's ticket is the dense network)")
+    return 0
+
+
+def _tracking_of(directory: str) -> tuple[str | None, str | None]:
+    """(tracking URI, experiment) of a sweep folder, or of a storage folder holding mlflow.db."""
+    from orchestrator import tracking
+    from orchestrator.dense_cache import filesystem
+
+    fs, root = filesystem(directory)
+    try:
+        with fs.open_input_stream(f"{root}/{tracking.SWEEP_FILE_JSON}") as f:
+            ident = json.loads(f.read())
+        return ident["tracking_uri"], ident["experiment"]
+    except FileNotFoundError:
+        pass
+    if (Path(root) / "mlflow.db").exists():
+        return tracking.default_uri(directory), None
+    return None, None
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from orchestrator import tracking
+
+    directory = args.dir or os.environ.get("LTH_STORAGE") or "runs/sweeps"
+    uri, experiment = _tracking_of(directory)
+    if uri is None:
+        raise ConfigError(directory, ["no MLflow store here: give a sweep folder (<storage>/<name>) or the storage "
+                                      "folder holding mlflow.db (runs/sweeps by default)"])
+    if not tracking.is_local(uri):
+        print(f"this sweep is tracked on the MLflow server {uri}: open it in a browser")
+        return 0
+    port = args.port
+    if port == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # a browser needs no job runner
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env=env)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    address = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while server.poll() is None and time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{address}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        if server.poll() is not None:
+            print(f"error: mlflow server exited ({server.returncode}); is port {port} in use? (--port)",
+                  file=sys.stderr)
+            return 1
+        link = address
+        if experiment:
+            client = tracking.client(uri)
+            found = client.get_experiment_by_name(experiment)
+            if found is not None:
+                link = f"{address}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning"
+        print(f"MLflow UI for {uri}:\n  {link}\n(Ctrl-C stops it)", flush=True)
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return 0
+
+
+def cmd_mlflow_sync(args: argparse.Namespace) -> int:
+    from orchestrator import store, tracking, tuner
+
+    spec = tuner.load_saved_spec(args.dir)
+    ident = tuner.identity(spec, args.tracking_uri)
+    if ident["tracking_uri"] is None:
+        raise ConfigError(args.dir, ["this sweep has no MLflow store; pass --tracking-uri http://HOST:PORT"])
+    table = store.SweepTable(spec.experiment, spec.name, ident["sweep_id"])
+    store.collect(table, spec.overrides)
+    rows = table.table().to_pylist()
+    levels: dict[str, set[int]] = {}
+    for row in rows:
+        levels.setdefault(row["trial_id"], set()).add(row["level"])
+    # A trial with every level is finished; the others stopped with the sweep (a resume reopens them).
+    statuses = {t: "FINISHED" if len(found) == spec.base.with_updates(
+        json.loads(next(r["overrides"] for r in rows if r["trial_id"] == t))).imp.levels + 1 else "KILLED"
+        for t, found in levels.items()}
+    target = tracking.open_sweep(ident["tracking_uri"], ident["experiment"], spec.name, ident["sweep_id"],
+                                 spec.text, tuner.sweep_params(spec))
+    updated = tracking.sync_folder(spec, target, table.table(), statuses)
+    if updated is None:
+        return 1
+    print(f"MLflow {ident['tracking_uri']}: {updated} of {len(levels)} trial runs updated, the others were "
+          f"already level with {spec.experiment}/{store.RESULTS_FILE}")
+    return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -197,10 +338,32 @@ def build_parser() -> argparse.ArgumentParser:
     srun.add_argument("--name", help="the sweep's folder name (default: the file's `name`)")
     srun.add_argument("--storage", help="a folder or URI for sweep folders (default: $LTH_STORAGE, else the "
                                         "file's `storage`)")
+    srun.add_argument("--tracking-uri", help="an MLflow server (http://HOST:PORT) or store URI (default: "
+                                             "$MLFLOW_TRACKING_URI, else the file's tracking.uri, else "
+                                             "<storage>/mlflow.db)")
     srun.set_defaults(func=cmd_sweep_run)
     resume = sweep.add_parser("resume", parents=[ray_args], help="finish an interrupted sweep")
+    resume.add_argument("--tracking-uri", help="log to this MLflow server from now on (default: the sweep's store)")
     resume.add_argument("dir", help="the sweep folder: <storage>/<name>")
     resume.set_defaults(func=cmd_sweep_resume)
+
+    results = sub.add_parser("results", help="a sweep's results: mean ± std over seeds per setting and level")
+    results.add_argument("dir", help="the sweep folder: <storage>/<name>")
+    results.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    results.set_defaults(func=cmd_results)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on a sweep's (or a storage folder's) MLflow store")
+    ui.add_argument("dir", nargs="?", help="a sweep folder or storage folder (default $LTH_STORAGE, else "
+                                           "runs/sweeps)")
+    ui.add_argument("--port", type=int, default=5000, help="0: any free port")
+    ui.set_defaults(func=cmd_ui)
+
+    mlflow = sub.add_parser("mlflow", help="MLflow views of sweeps").add_subparsers(dest="mlflow_command",
+                                                                                    required=True)
+    msync = mlflow.add_parser("sync", help="(re)log a sweep to MLflow from its Parquet table; never duplicates")
+    msync.add_argument("dir", help="the sweep folder: <storage>/<name>")
+    msync.add_argument("--tracking-uri", help="log there from now on (default: the sweep's store)")
+    msync.set_defaults(func=cmd_mlflow_sync)
 
     sub.add_parser("presets", help="list the presets and their sources").set_defaults(func=cmd_presets)
 

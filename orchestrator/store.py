@@ -143,3 +143,40 @@ def collect(table: SweepTable, overrides: Callable[[Mapping[str, Any]], Mapping[
             changed |= table.set(trial.trial_id, overrides(trial.params), rows)
     if changed:
         table.save()
+
+
+SEED_KEYS = ("seed", "train.data_seed")  # replicates: averaged over, never a setting of their own
+SUMMARY_VARIANTS = ("dense", "ticket", "reinit", "random_mask")
+
+
+def summary(table: pa.Table) -> tuple[list[str], list[dict[str, Any]]]:
+    """Per setting (the swept keys other than seeds) and level: mean and std over seeds of each
+    variant's test accuracy. Level 0's dense network counts as the ticket at 100% of weights.
+    Returns the setting keys and one row per (setting, level)."""
+    df = table.to_pandas()
+    if df.empty:
+        return [], []
+    overrides = df["overrides"].map(json.loads)
+    keys = sorted({k for o in overrides for k in o} - set(SEED_KEYS))
+    for key in keys:
+        df[key] = overrides.map(lambda o: json.dumps(o[key]) if isinstance(o.get(key), list) else o.get(key))
+    dense = df[df["variant"] == "dense"].groupby(keys, dropna=False)["test_accuracy"].agg(["mean", "std"]) \
+        if keys else df[df["variant"] == "dense"]["test_accuracy"].agg(["mean", "std"])
+    df["variant"] = df["variant"].where(df["variant"] != "dense", "ticket")
+    grouped = df.groupby([*keys, "level", "variant"], dropna=False).agg(
+        remaining=("weights_remaining", "mean"), mean=("test_accuracy", "mean"), std=("test_accuracy", "std"),
+        n=("test_accuracy", "size"))
+    rows: dict[tuple, dict[str, Any]] = {}
+    for index, values in grouped.iterrows():
+        *setting, level, variant = index
+        row = rows.setdefault((*setting, level), {**dict(zip(keys, setting)), "level": int(level),
+                                                  "weights_remaining": values["remaining"], "seeds": 0})
+        row[f"{variant}_mean"], row[f"{variant}_std"] = values["mean"], values["std"]
+        if variant == "ticket":
+            row["seeds"] = int(values["n"])
+    for (*setting, _), row in rows.items():
+        ref = dense.loc[tuple(setting) if len(setting) > 1 else setting[0]] if keys else dense
+        row["dense_mean"], row["dense_std"] = ref["mean"], ref["std"]
+    out = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}  # NaN std: one seed
+           for _, row in sorted(rows.items(), key=lambda item: tuple(map(str, item[0][:-1])) + (item[0][-1],))]
+    return keys, out

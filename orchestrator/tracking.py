@@ -451,3 +451,35 @@ def sync_sweep(target: Target, table, trial_config: Callable[[Mapping[str, Any]]
     mlflow_client.set_terminated(target.parent_run_id, "FAILED" if "FAILED" in values else
                                  "FINISHED" if values == {"FINISHED"} else "KILLED")
     return updated
+
+
+def sync_folder(spec, target: Target, table, statuses: Mapping[str, str]) -> int | None:
+    """`sync_sweep` from a sweep folder (masks from the trials' checkpoints); None, with the fix
+    printed, if MLflow cannot be reached."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from orchestrator import store
+
+    trials = store.stored_trials(spec.experiment)
+
+    def masks(trial_id: str, levels: Sequence[int]) -> dict[int, Any]:
+        trial = trials.get(trial_id)
+        if trial is None or trial.checkpoint is None:
+            return {}
+        if isinstance(trial.fs, pafs.LocalFileSystem):
+            return read_masks(Path(trial.checkpoint), levels)
+        with tempfile.TemporaryDirectory() as tmp:
+            pafs.copy_files(trial.checkpoint, tmp, source_filesystem=trial.fs)
+            return read_masks(Path(tmp), levels)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results_file = Path(tmp) / store.RESULTS_FILE
+        pq.write_table(table, results_file)
+        try:
+            return sync_sweep(target, table, spec.base.with_updates, statuses, masks, results_file)
+        except Exception as exc:  # noqa: BLE001 - MLflow is a view; Parquet holds the results
+            print(f"MLflow: could not bring {target.uri} level with the results ({type(exc).__name__}: "
+                  f"{str(exc)[:200]}); they are all in {spec.experiment}/{store.RESULTS_FILE}. Once MLflow is "
+                  f"reachable: lth mlflow sync {spec.experiment}", flush=True)
+            return None

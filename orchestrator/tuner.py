@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import json
 import os
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any, Mapping
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our Progress callback is the display
 
 import pyarrow.fs as pafs  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 import yaml  # noqa: E402
 from ray import tune  # noqa: E402
@@ -317,32 +315,5 @@ def run(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None = Non
     store.collect(table, spec.overrides)
     if target is not None:
         statuses = {Path(r.path).name[len(store.TRIAL_PREFIX):]: "FAILED" if r.error else "FINISHED" for r in results}
-        sync(spec, target, table.table(), statuses)
+        tracking.sync_folder(spec, target, table.table(), statuses)
     return results
-
-
-def sync(spec: SweepSpec, target: tracking.Target, table, statuses: Mapping[str, str]) -> int | None:
-    """Bring MLflow level with the sweep's table; None (and the fix) if MLflow cannot be reached."""
-    trials = store.stored_trials(spec.experiment)
-
-    def masks(trial_id: str, levels) -> dict[int, Any]:
-        trial = trials.get(trial_id)
-        if trial is None or trial.checkpoint is None:
-            return {}
-        if isinstance(trial.fs, pafs.LocalFileSystem):
-            return tracking.read_masks(Path(trial.checkpoint), levels)
-        with tempfile.TemporaryDirectory() as tmp:
-            tune.Checkpoint(trial.checkpoint, trial.fs).to_directory(tmp)
-            return tracking.read_masks(Path(tmp), levels)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        results_file = Path(tmp) / store.RESULTS_FILE
-        pq.write_table(table, results_file)
-        try:
-            return tracking.sync_sweep(target, table, lambda o: spec.base.with_updates(o), statuses, masks,
-                                       results_file)
-        except Exception as exc:  # noqa: BLE001 - MLflow is a view; Parquet holds the results
-            print(f"MLflow: could not bring {target.uri} level with the results ({type(exc).__name__}: "
-                  f"{str(exc)[:200]}); they are all in {spec.experiment}/{store.RESULTS_FILE}. Once MLflow is "
-                  f"reachable: lth mlflow sync {spec.experiment}", flush=True)
-            return None
