@@ -1,0 +1,108 @@
+"""MLflow end to end: a real `mlflow server`, sweeps on a local Ray, runs read back over REST."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from orchestrator import tuner
+from orchestrator.cli import main
+from orchestrator.trial import TRAINING_LOG
+from tests.mlflow_helpers import Server, assert_level_with_parquet, history, rest, sweep_runs, tags
+from tests.sweep_helpers import BASE, read_log, sweep_spec, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory):
+    path = tmp_path_factory.mktemp("log") / "trainings.jsonl"
+    os.environ[TRAINING_LOG] = str(path)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield path
+    ray.shutdown()
+    del os.environ[TRAINING_LOG]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("mlflow") / "mlflow.db").start()
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+def test_a_sweep_logs_a_parent_and_one_child_per_trial_equal_to_parquet(tmp_path, log, server):
+    spec = sweep_spec(tmp_path / "store", name="tracked", space={"train.lr": [1.2e-3, 3e-3]})
+    results = tuner.run(spec, tracking_uri=server.url)
+    assert results.num_terminated == 2
+
+    children = assert_level_with_parquet(server.url, "tracked", tmp_path / "store" / "tracked")
+    assert len(children) == 2
+    table = pq.read_table(tmp_path / "store" / "tracked" / "results.parquet").to_pandas()
+    assert sorted(table.groupby("trial_id")["level"].max()) == [3, 3]
+    for trial_id, run in children.items():
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        rows = table[table.trial_id == trial_id]
+        assert float(params["train.lr"]) == rows.lr.iloc[0] and params["imp.levels"] == "3"
+        assert tags(run)["lth.config_hash"] == rows.config_hash.iloc[0] and tags(run)["lth.sweep"] == "tracked"
+        files = {f["path"] for f in rest(server.url, "artifacts/list", run_id=run["info"]["run_id"])["files"]}
+        assert files == {"results.csv", "sparsity.csv", "final_mask.npz", "accuracy_vs_weights_remaining.png"}
+    parent, _ = sweep_runs(server.url, "tracked")
+    files = {f["path"] for f in rest(server.url, "artifacts/list", run_id=parent["info"]["run_id"])["files"]}
+    assert files == {"sweep.yaml", "results.parquet"}
+
+
+def test_the_sweep_outlives_a_stopped_server_and_sync_catches_up_idempotently(tmp_path, log, server, capsys):
+    spec = sweep_spec(tmp_path / "store", name="outage", space={"train.lr": [1.2e-3, 3e-3]},
+                      base={**BASE, "imp": {**BASE["imp"], "levels": 4},
+                            "train": {**BASE["train"], "length": "300it"}})
+    log.unlink(missing_ok=True)
+    outcome: list = []
+    sweep = threading.Thread(target=lambda: outcome.append(tuner.run(spec, tracking_uri=server.url)))
+    sweep.start()
+    wait_for(log, lambda e: e["event"] == "level_done" and e["level"] == 1)
+    server.stop()
+    sweep.join(timeout=600)
+    assert outcome and outcome[0].num_terminated == 2  # trials kept training without MLflow
+    assert "lth mlflow sync" in capsys.readouterr().out
+    sweep_dir = tmp_path / "store" / "outage"
+    table = pq.read_table(sweep_dir / "results.parquet").to_pandas()
+    assert sorted(table.groupby("trial_id")["level"].apply(lambda s: sorted(set(s)))) == [[0, 1, 2, 3, 4]] * 2
+    assert len(table) == 2 * (1 + 4 * 2)
+    finished = sum(e["event"] == "level_done" for e in read_log(log))
+    assert finished == 10
+
+    server.start()
+    _, children = sweep_runs(server.url, "outage")
+    assert any(r["info"]["status"] == "RUNNING" for r in children.values())  # behind: what the outage cost
+    assert main(["mlflow", "sync", str(sweep_dir)]) == 0
+    assert "2 of 2 trial runs updated" in capsys.readouterr().out
+    before = assert_level_with_parquet(server.url, "outage", sweep_dir)
+    assert main(["mlflow", "sync", str(sweep_dir)]) == 0  # a second sync changes nothing
+    assert "0 of 2 trial runs updated" in capsys.readouterr().out
+    after = assert_level_with_parquet(server.url, "outage", sweep_dir)
+    assert {t: r["info"]["run_id"] for t, r in before.items()} == {t: r["info"]["run_id"] for t, r in after.items()}
+
+
+def test_a_retried_trial_continues_its_own_run(tmp_path, log, server):
+    spec = sweep_spec(tmp_path / "store", name="retried", space={"prune.rate": [0.5]}, max_failures=1,
+                      base={**BASE, "train": {**BASE["train"], "length": "600it"}})
+    log.unlink(missing_ok=True)
+    outcome: list = []
+    sweep = threading.Thread(target=lambda: outcome.append(tuner.run(spec, tracking_uri=server.url)))
+    sweep.start()
+    killed = wait_for(log, lambda e: e["event"] == "level_done" and e["level"] == 1)
+    os.kill(killed["pid"], signal.SIGKILL)
+    sweep.join(timeout=300)
+    assert outcome and outcome[0].num_terminated == 1
+    assert len({e["pid"] for e in read_log(log)}) > 1  # another process finished the trial
+
+    children = assert_level_with_parquet(server.url, "retried", tmp_path / "store" / "retried")
+    (run,) = children.values()
+    assert [s for s, _ in history(server.url, run["info"]["run_id"], "ticket/test_accuracy")] == [0, 1, 2, 3]
