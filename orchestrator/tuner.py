@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any, Mapping
@@ -129,13 +130,15 @@ def open_tracking(spec: SweepSpec, ident: Mapping[str, Any]) -> tracking.Target 
 
 
 def check_tracking_reach(uri: str) -> None:
-    """A SQLite file is on this machine only: trials on other machines would each write their own."""
+    """A SQLite file, or a server at a loopback address, is reachable from this machine only."""
     here = ray.util.get_node_ip_address()
     others = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} - {here}
-    if others and tracking.is_local(uri):
-        raise ConfigError("tracking", [f"tracking URI {uri} is a file on this machine, but the Ray cluster has "
-                                       f"nodes on {', '.join(sorted(others))}; start `mlflow server` on a host "
-                                       "they reach and pass --tracking-uri http://HOST:PORT"])
+    loopback = urllib.parse.urlparse(uri).hostname in ("127.0.0.1", "localhost", "::1")
+    if others and (tracking.is_local(uri) or loopback):
+        raise ConfigError("tracking", [f"tracking URI {uri} is only reachable from this machine, but the Ray "
+                                       f"cluster has nodes on {', '.join(sorted(others))}; run `mlflow server "
+                                       "--host 0.0.0.0` on a host they reach and pass --tracking-uri "
+                                       "http://HOST:PORT with that host's address"])
 
 
 def exists(spec: SweepSpec) -> bool:

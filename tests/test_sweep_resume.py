@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 
+import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.trial import TRAINING_LOG
+from tests.mlflow_helpers import assert_level_with_parquet, sweep_runs
 from tests.sweep_helpers import BASE, read_log, trial_results, wait_for, write_sweep
 
 pytestmark = pytest.mark.slow
@@ -64,3 +66,20 @@ def test_resume_after_the_driver_is_killed_trains_no_finished_level_twice(tmp_pa
     assert all(n == 1 or key[:2] not in finished for key, n in trainings.items())
     results = trial_results(tmp_path / "store" / "killed")
     assert len(results) == 4 and all(sorted(set(t.level)) == [0, 1, 2, 3] for t in results.values())
+    table = pq.read_table(tmp_path / "store" / "killed" / "results.parquet").to_pandas()
+    assert len(table) == 4 * 7 and table.groupby("trial_id").config_hash.nunique().eq(1).all()
+
+    # The embedded MLflow store (SQLite beside the sweep folders), served by `lth ui`: the resumed
+    # trials continued their own runs.
+    ui = lth("ui", str(tmp_path / "store" / "killed"), "--port", "0", env=env)
+    try:
+        link = next(line.strip() for line in ui.stdout if line.strip().startswith("http://127.0.0.1:"))
+        url = link.split("/#/")[0]
+        assert link.endswith("runs?workflowType=machine_learning")
+        assert_level_with_parquet(url, "killed", tmp_path / "store" / "killed")
+        _, children = sweep_runs(url, "killed")
+        assert len(children) == 4 and link.split("/experiments/")[1].split("/")[0] == \
+            children[table.trial_id.iloc[0]]["info"]["experiment_id"]
+    finally:
+        ui.terminate()
+        ui.wait(30)
