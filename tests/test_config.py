@@ -1,7 +1,7 @@
 import pytest
 
 from trainables.config import (Config, ConfigError, config_hash, dense_hash, from_dict, load_config, non_default,
-                               run_name, to_dict, to_iterations)
+                               run_name, stability_hash, to_dict, to_iterations)
 from trainables.presets import PRESETS
 
 
@@ -34,6 +34,16 @@ def test_hashes_are_pinned():
     late = from_dict(LATE_REWIND)
     assert (config_hash(late), dense_hash(late)) == ("0d54a43262a0", "149ef12dc46e")
     assert run_name(late) == f"resnet20-cifar10-{config_hash(late)}"
+
+
+def test_a_stability_analysis_never_renames_the_run_it_analyses():
+    analysis = from_dict({**LATE_REWIND, "stability": {"level": 3, "bn": "recompute"}})
+    late = from_dict(LATE_REWIND)
+    assert (config_hash(analysis), dense_hash(analysis)) == (config_hash(late), dense_hash(late))
+    assert stability_hash(analysis) == "66f57c7f9f7f"  # names analysis directories: pinned like the others
+    assert stability_hash(analysis.with_updates({"runtime.device": "cpu"})) == stability_hash(analysis)
+    for change in ({"stability.threshold": 0.01}, {"imp.rewind_iter": "1000it"}, {"train.lr": 0.01}):
+        assert stability_hash(analysis.with_updates(change)) != stability_hash(analysis)
 
 
 def test_hash_ignores_runtime_and_dense_hash_ignores_what_follows_dense_training():
@@ -76,6 +86,11 @@ def test_every_problem_is_reported_with_its_key():
     ({"runtime": {"device": "gpu"}}, "runtime.device: expected auto, cpu"),
     ({"seed": "one"}, "seed: expected an integer"),
     ({"train": 3}, "train: expected a mapping"),
+    ({"stability": {"alpha_points": 1}}, "stability.alpha_points: must be at least 2"),
+    ({"stability": {"barrier": "max"}}, "stability.barrier: expected one of 'endpoints_mean', 'linear'"),
+    ({"stability": {"bn_batches": 100}}, "stability.bn_batches: applies to bn 'recompute' only"),
+    ({"stability": {"splits": ["training"]}}, "stability.splits: expected distinct splits"),
+    ({"stability": {"level": -1}}, "stability.level: must be >= 0"),
 ])
 def test_bad_values_name_their_field(raw, key):
     assert any(p.startswith(key) for p in problems_of(raw)), problems_of(raw)

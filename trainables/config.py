@@ -179,6 +179,38 @@ class ImpConfig:
 
 
 @dataclass(frozen=True)
+class StabilityConfig:
+    """Linear mode connectivity of a network at the rewind iteration k (`imp.rewind_iter`): two copies
+    trained from its state at k with different SGD noise, and the error along the line between them."""
+
+    level: int = 0  # 0: the dense network; L: IMP level L's mask (rewound to k), Frankle et al. 2020 (LMC), §4
+    alpha_points: int = 30  # Frankle et al. 2020 (LMC), §2: 30 evenly spaced alphas, both ends included
+    barrier: Literal["endpoints_mean", "linear"] = "endpoints_mean"  # LMC §2 / Entezari et al. 2022 (line between ends)
+    threshold: float = 0.02  # Frankle et al. 2020 (LMC), §2: stable when the instability is below 2%
+    bn: Literal["interpolate", "recompute"] = "interpolate"  # recompute: REPAIR (Jordan et al. 2023), Git Re-Basin
+    bn_batches: int | None = None  # recompute only; None: one epoch of training batches (REPAIR)
+    replicates: int = 3  # Frankle et al. 2020 (LMC), §2: three pairs of data orders
+    splits: tuple[str, ...] = ("train", "test")  # Frankle et al. 2020 (LMC), §2: train and test instability
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = [] if self.level >= 0 else [("level", f"must be >= 0, got {self.level}")]
+        if self.alpha_points < 2:
+            out.append(("alpha_points", f"must be at least 2 (both ends), got {self.alpha_points}"))
+        if not 0 < self.threshold < 1:
+            out.append(("threshold", f"must be in (0, 1) (an error difference), got {self.threshold}"))
+        if self.bn_batches is not None and self.bn_batches < 1:
+            out.append(("bn_batches", f"must be at least 1, got {self.bn_batches}"))
+        if self.bn_batches is not None and self.bn != "recompute":
+            out.append(("bn_batches", "applies to bn 'recompute' only"))
+        if self.replicates < 1:
+            out.append(("replicates", f"must be at least 1, got {self.replicates}"))
+        unknown = [s for s in self.splits if s not in ("train", "val", "test")]
+        if unknown or not self.splits or len(set(self.splits)) != len(self.splits):
+            out.append(("splits", f"expected distinct splits from train, val, test, got {list(self.splits)}"))
+        return out
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     """Where and how a run executes; changes nothing a run computes, so never part of its hash."""
 
@@ -203,6 +235,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     prune: PruneConfig = PruneConfig()
     imp: ImpConfig = ImpConfig()
+    stability: StabilityConfig = StabilityConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     seed: int = 0  # initialisation, pruning ties, controls; also SGD noise unless train.data_seed is set
 
@@ -218,7 +251,8 @@ class Config:
         return from_dict(raw, source)
 
 
-_HASH_EXCLUDED = {"runtime"}
+# An IMP run's name ignores the stability section: analysing a run never renames it.
+_HASH_EXCLUDED = {"runtime", "stability"}
 # Everything that decides what dense training (level 0) computes: the key of a shared dense run.
 DENSE_SECTIONS = ("model", "data", "train", "seed")
 
@@ -228,7 +262,8 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 
 _DEFAULTS = {cls: _defaults(cls) for cls in
-             (ModelConfig, DataConfig, TrainConfig, PruneConfig, ImpConfig, RuntimeConfig, Config)}
+             (ModelConfig, DataConfig, TrainConfig, PruneConfig, ImpConfig, StabilityConfig, RuntimeConfig,
+              Config)}
 
 
 class ConfigError(ValueError):
@@ -452,6 +487,11 @@ def config_hash(cfg: Config) -> str:
 def dense_hash(cfg: Config) -> str:
     """Names the dense prefix (level 0): runs that differ only after dense training share it."""
     return _digest({k: v for k, v in non_default(cfg).items() if k in DENSE_SECTIONS})
+
+
+def stability_hash(cfg: Config) -> str:
+    """Names a stability analysis: everything non-default but the runtime, the stability section included."""
+    return _digest({k: v for k, v in non_default(cfg).items() if k != "runtime"})
 
 
 def run_name(cfg: Config) -> str:

@@ -75,6 +75,9 @@ class Reporter:
 
     def level_done(self, level: int, rows: list[dict[str, Any]]) -> None: ...
 
+    def analysed(self, replicate: int, summary_rows: list[dict[str, Any]], path_rows: list[dict[str, Any]]) -> None:
+        """A stability analysis committed one replicate (`trainables.stability`)."""
+
 
 @dataclass
 class Start:
@@ -168,6 +171,15 @@ class Trainer:
 
     def iterations(self, duration: str) -> int:
         return to_iterations(duration, self.data.steps_per_epoch(self.cfg.train.batch_size))
+
+    def rewind_iteration(self, config_path: Path) -> int:
+        """`imp.rewind_iter` in iterations; a ConfigError naming `config_path` unless it is before the end."""
+        point = self.iterations(self.cfg.imp.rewind_iter)
+        if point >= self.end_iter:
+            raise ConfigError(str(config_path), [
+                f"imp.rewind_iter: {self.cfg.imp.rewind_iter} is not before the end of training (train.length = "
+                f"{self.cfg.train.length} = {self.end_iter} iterations); choose an earlier rewind point"])
+        return point
 
     def new_model(self, seed: int) -> nn.Module:
         return build_model(self.cfg.model, self.data.input_shape, self.data.num_classes, seed).to(self.device)
@@ -270,20 +282,17 @@ class ImpRun(Trainer):
     """One IMP run of `cfg` in directory `out`; `run()` resumes whatever is already there.
 
     `dense_dir` is the dense run to build on (a shared one, in a sweep); by default `out/dense`.
+    `data`: the dataset already on the device, when the caller holds it (a stability analysis).
     """
 
     def __init__(self, cfg: Config, out: str | Path, reporter: Reporter | None = None,
-                 dense_dir: str | Path | None = None):
-        super().__init__(cfg, reporter)
+                 dense_dir: str | Path | None = None, data: Dataset | None = None):
+        super().__init__(cfg, reporter, data)
         self.out = Path(out)
         _claim(self.out / "config.yaml", cfg, [f.name for f in fields(cfg)], run_name)
         # The same device-resident data: a second copy on a GPU would cost its memory twice.
         self.dense = DenseRun(cfg, self.out / "dense" if dense_dir is None else dense_dir, reporter, self.data)
-        self.rewind_iter = self.iterations(cfg.imp.rewind_iter)
-        if self.rewind_iter >= self.end_iter:
-            raise ConfigError(str(self.out / "config.yaml"), [
-                f"imp.rewind_iter: {cfg.imp.rewind_iter} is not before the end of training "
-                f"(train.length = {cfg.train.length} = {self.end_iter} iterations); choose an earlier rewind point"])
+        self.rewind_iter = self.rewind_iteration(self.out / "config.yaml")
         try:
             self.layers = prunable_layers(self.new_model(cfg.seed), cfg.prune.exclude)
         except ValueError as exc:
@@ -300,6 +309,10 @@ class ImpRun(Trainer):
     def _load(self, path: Path) -> Any:
         return _load(path, f"The {len(self.finished_levels())} finished level(s) in "
                            f"{self.out / 'results.parquet'} are kept.")
+
+    def mask(self, level: int) -> Mask:
+        """The mask of a finished level."""
+        return Mask.from_state(self._load(self._level_dir(level) / "mask.pt"))
 
     def rewound(self, mask: Mask) -> Start:
         """The dense run's weights and optimiser state at the rewind iteration, under `mask`."""
@@ -354,7 +367,7 @@ class ImpRun(Trainer):
     def _prune(self, level: int) -> Mask:
         """Level `level`'s mask, from the previous level's mask and trained ticket."""
         trained = self._trained(level - 1)
-        before = Mask.from_state(self._load(self._level_dir(level - 1) / "mask.pt"))
+        before = self.mask(level - 1)
         rewound = self.dense.state(self.rewind_iter)["model"]
         names = list(before.tensors)
         generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "prune", level))

@@ -63,8 +63,11 @@ class Mask:
 
     def applier(self, model: nn.Module):
         """A no-argument function that zeroes pruned weights in place; cheap enough for every step."""
-        modules = dict(model.named_modules())
-        weights = [modules[name].weight for name in self.tensors]
+        return self.applier_for(dict(model.named_parameters()))
+
+    def applier_for(self, params: Mapping[str, Tensor]):
+        """`applier` for parameters by name (`fc1.weight`), which may carry leading dimensions (stacked copies)."""
+        weights = [params[f"{name}.weight"] for name in self.tensors]
         factors = [t.to(device=w.device, dtype=w.dtype) for t, w in zip(self.tensors.values(), weights)]
 
         @torch.no_grad()

@@ -68,6 +68,57 @@ HISTORY_SCHEMA = pa.schema([
 ])
 
 
+# Linear mode connectivity (`trainables.stability`): one row per replicate, alpha and split of an analysis.
+STABILITY_PATH_SCHEMA = pa.schema([
+    ("run_name", pa.string()),  # the analysis: arch-dataset-stability_hash
+    ("config_hash", pa.string()),  # the analysed IMP config (its stability section excluded)
+    ("stability_hash", pa.string()),
+    ("arch", pa.string()),
+    ("dataset", pa.string()),
+    ("seed", pa.int64()),
+    ("level", pa.int64()),  # 0: dense; L: IMP level L's mask
+    ("rewind_iter", pa.int64()),  # k, in iterations: where both copies start
+    ("weights_remaining", pa.float64()),  # kept fraction of prunable weights
+    ("replicate", pa.int64()),  # which pair of data orders
+    ("alpha_index", pa.int64()),  # 0 .. alpha_points - 1
+    ("alpha", pa.float64()),  # the network is (1 - alpha) * W1 + alpha * W2
+    ("split", pa.string()),  # train, val or test
+    ("error", pa.float64()),  # 1 - accuracy
+    ("loss", pa.float64()),  # mean cross-entropy
+    ("bn", pa.string()),  # BatchNorm statistics: interpolate or recompute
+    ("finished_at", pa.timestamp("ms", tz="UTC")),
+])
+
+# One row per replicate and split: the instability of one pair of copies (the commit record).
+STABILITY_SUMMARY_SCHEMA = pa.schema([
+    ("run_name", pa.string()),
+    ("config_hash", pa.string()),
+    ("stability_hash", pa.string()),
+    ("arch", pa.string()),
+    ("dataset", pa.string()),
+    ("seed", pa.int64()),
+    ("level", pa.int64()),
+    ("rewind_iter", pa.int64()),
+    ("weights_remaining", pa.float64()),
+    ("replicate", pa.int64()),
+    ("split", pa.string()),
+    ("data_seed_1", pa.int64()),  # SGD noise of the first copy
+    ("data_seed_2", pa.int64()),
+    ("error_1", pa.float64()),  # the first copy's error (alpha = 0)
+    ("error_2", pa.float64()),  # the second copy's error (alpha = 1)
+    ("max_error", pa.float64()),  # over the path
+    ("barrier_kind", pa.string()),  # endpoints_mean or linear
+    ("instability", pa.float64()),  # max over alpha of the error above the barrier's reference
+    ("threshold", pa.float64()),
+    ("stable", pa.bool_()),  # instability < threshold
+    ("alpha_points", pa.int64()),
+    ("bn", pa.string()),
+    ("bn_batches", pa.int64()),  # batches BatchNorm statistics were re-estimated on; null for interpolate
+    ("train_seconds", pa.float64()),  # training both copies
+    ("finished_at", pa.timestamp("ms", tz="UTC")),
+])
+
+
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
     """A temporary path beside `path`, renamed over it (after fsync) once the block succeeds."""

@@ -43,7 +43,12 @@ class Schedule:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    return optimizer_for([p for p in model.parameters() if p.requires_grad], cfg)
+
+
+def optimizer_for(params: list[Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The configured optimiser over `params`; both are elementwise, so over parameters stacked along a
+    leading dimension it is exactly one independent optimiser per slice."""
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -62,28 +67,40 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, cfg
           callbacks: Iterable[Callback] = ()) -> None:
     """Train from iteration `start` (a rewind point keeps its schedule position) to the end of the
     schedule, or only up to `stop` (to recreate a state along the way)."""
-    schedule = Schedule.of(cfg, data.steps_per_epoch(cfg.batch_size))
+    batches = data.train_batches(cfg.batch_size, data_seed)
+
+    def loss(it: int) -> Tensor:
+        x, y = batches(it)
+        return F.cross_entropy(model(x), y)
+
+    model.train()
+    run_steps(loss, optimizer, cfg, data.steps_per_epoch(cfg.batch_size), start=start, stop=stop,
+              keep_mask=keep_mask, callbacks=callbacks)
+
+
+def run_steps(loss: Callable[[int], Tensor], optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+              steps_per_epoch: int, *, start: int = 0, stop: int | None = None,
+              keep_mask: Callable[[], None] = lambda: None, callbacks: Iterable[Callback] = ()) -> None:
+    """The loop itself: `loss(it)` is iteration `it`'s loss (model, batch and all), stepped on the schedule."""
+    schedule = Schedule.of(cfg, steps_per_epoch)
     end = schedule.end if stop is None else stop
     events: dict[int, list[Callback]] = {}
     for cb in callbacks:
         for it in sorted(set(cb.iterations(start, end))):
             events.setdefault(it, []).append(cb)
-    batches = data.train_batches(cfg.batch_size, data_seed)
     groups = optimizer.param_groups
     keep_mask()
     for cb in events.get(start, ()):
         cb(start)
-    model.train()
     factor = None
     for it in range(start, end):
         if (new := schedule.lr_factor(it)) != factor:
             factor = new
             for group in groups:
                 group["lr"] = cfg.lr * factor
-        x, y = batches(it)
-        loss = F.cross_entropy(model(x), y)
+        value = loss(it)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         optimizer.step()
         keep_mask()
         for cb in events.get(it + 1, ()):
@@ -115,22 +132,8 @@ class Evaluator:
     def iterations(self, start: int, end: int) -> Iterable[int]:
         return [start, *range(start - start % self.every + self.every, end, self.every), end]
 
-    @torch.no_grad()
     def __call__(self, it: int) -> None:
-        was_training = self.model.training
-        self.model.eval()
-        metrics = {}
-        for split in self.splits:
-            loss = correct = count = 0
-            for x, y in self.data.eval_batches(split, self.batch_size):
-                logits = self.model(x)
-                loss = loss + F.cross_entropy(logits, y, reduction="sum")
-                correct = correct + (logits.argmax(1) == y).sum()
-                count += len(y)
-            metrics[f"{split}_loss"] = loss / count
-            metrics[f"{split}_accuracy"] = correct / count
-        self.model.train(was_training)
-        self.records.append(Evaluation(it, metrics))
+        self.records.append(Evaluation(it, evaluate(self.model, self.data, self.splits, self.batch_size)))
         if self.on_record:
             self.on_record(self.records[-1])
 
@@ -138,6 +141,25 @@ class Evaluator:
         values = torch.stack([torch.stack(list(r.metrics.values())) for r in self.records]).tolist()
         keys = list(self.records[0].metrics)
         return [{"iteration": r.iteration, **dict(zip(keys, v))} for r, v in zip(self.records, values)]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, splits: Iterable[str], batch_size: int) -> dict[str, Tensor]:
+    """"{split}_loss" and "{split}_accuracy" of `model` in eval mode, as device scalars (no host sync)."""
+    was_training = model.training
+    model.eval()
+    metrics = {}
+    for split in splits:
+        loss = correct = count = 0
+        for x, y in data.eval_batches(split, batch_size):
+            logits = model(x)
+            loss = loss + F.cross_entropy(logits, y, reduction="sum")
+            correct = correct + (logits.argmax(1) == y).sum()
+            count += len(y)
+        metrics[f"{split}_loss"] = loss / count
+        metrics[f"{split}_accuracy"] = correct / count
+    model.train(was_training)
+    return metrics
 
 
 def summarize(history: list[dict[str, float]]) -> dict[str, float]:

@@ -1,0 +1,282 @@
+"""Stability to SGD noise: linear mode connectivity (Frankle, Dziugaite, Roy & Carbin 2020).
+
+A network (dense, or an IMP subnetwork) is stable at iteration k if two copies trained from its
+state at k (weights, optimiser state, schedule position, mask) with different data orders end in
+minima joined by a line of low error: the instability, the largest rise of the error along the
+line above the ends' error, is below a threshold (2%).
+
+The two copies train together: their parameters, buffers and optimiser state are stacked along
+a leading dimension, the forward pass is vmapped over it, and one optimiser steps both (the
+optimisers are elementwise, so it is exactly two independent ones). Each copy sees exactly the
+batches an ordinary `train` run with its data seed sees, and the loop is `train`'s own.
+
+An analysis directory holds:
+    config.yaml                the resolved config (identity: its `stability_hash`)
+    dense/                     the dense run (unless a shared one is given)
+    imp/                       the IMP run that finds level L's mask (stability.level > 0 only)
+    stability.parquet          error and loss at every alpha of every replicate and split
+    stability_summary.parquet  one row per replicate and split (the commit record)
+A run killed at any point resumes at its first uncommitted replicate.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state
+
+from trainables.config import Config, TrainConfig, config_hash, stability_hash
+from trainables.data import Dataset
+from trainables.imp import DenseRun, ImpRun, Reporter, Start, Trainer, _claim, derive_seed
+from trainables.masks import Mask
+from trainables.results import STABILITY_PATH_SCHEMA, STABILITY_SUMMARY_SCHEMA, append_rows, read_table, \
+    write_atomic
+from trainables.train import evaluate, optimizer_for, run_steps
+
+# ---------------------------------------------------------------------------------------------
+# training the copies
+
+
+def _stacked_optimizer_state(optimizer: torch.optim.Optimizer, stacked: list[Tensor], copies: int) -> dict:
+    """`optimizer`'s state with every per-weight tensor (momentum, Adam's moments) repeated per copy;
+    scalars (Adam's step count) are shared, the copies having taken the same number of steps."""
+    state = optimizer.state_dict()
+    per_param = {
+        i: {key: torch.stack([v] * copies) if torch.is_tensor(v) and v.shape == stacked[i].shape[1:]
+            else v.clone() if torch.is_tensor(v) else v  # a copy: stepping must not advance `optimizer`'s own
+            for key, v in entry.items()}
+        for i, entry in state["state"].items()}
+    return {"state": per_param, "param_groups": copy.deepcopy(state["param_groups"])}
+
+
+def train_twins(start: Start, data: Dataset, cfg: TrainConfig, data_seeds: Sequence[int],
+                begin: int) -> list[dict[str, Tensor]]:
+    """Train one copy of `start` per data seed from iteration `begin` to the end of the schedule, all in one
+    batched program; returns each copy's final state dict. `start` is left as it was.
+
+    BatchNorm works: its running statistics are stacked buffers, updated in place under vmap per copy.
+    """
+    copies = len(data_seeds)
+    params, buffers = stack_module_state([start.model] * copies)
+    leaves = list(params.values())
+    optimizer = optimizer_for(leaves, cfg)
+    optimizer.load_state_dict(_stacked_optimizer_state(start.optimizer, leaves, copies))
+    base = copy.deepcopy(start.model).to("meta").train()  # the structure only; tensors come from the stacks
+
+    def copy_loss(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(base, (p, b), (x,)), y)
+
+    losses = torch.vmap(copy_loss)
+    batches = [data.train_batches(cfg.batch_size, seed) for seed in data_seeds]
+
+    def loss(it: int) -> Tensor:
+        xs, ys = zip(*(b(it) for b in batches))
+        # Summed, not averaged: each copy's gradient is exactly that of its own loss.
+        return losses(params, buffers, torch.stack(xs), torch.stack(ys)).sum()
+
+    run_steps(loss, optimizer, cfg, data.steps_per_epoch(cfg.batch_size), start=begin,
+              keep_mask=start.mask.applier_for(params))
+    return [{name: t[j].detach() for name, t in (params | buffers).items()} for j in range(copies)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the path between them
+
+
+def interpolate(a: Mapping[str, Tensor], b: Mapping[str, Tensor], alpha: float) -> dict[str, Tensor]:
+    """(1 - alpha) * a + alpha * b for every float tensor (weights, BatchNorm statistics); counters from `a`.
+    lerp is exact at both ends and keeps weights that are zero in both (pruned) exactly zero."""
+    return {k: torch.lerp(v, b[k], alpha) if v.is_floating_point() else v for k, v in a.items()}
+
+
+@torch.no_grad()
+def recompute_bn(model: nn.Module, batches: Callable[[int], tuple[Tensor, Tensor]], count: int) -> None:
+    """Replace every BatchNorm layer's running statistics by their average over training batches 0 .. count-1
+    (REPAIR, Jordan et al. 2023): reset, momentum None (a cumulative average), train mode, no gradients."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    for it in range(count):
+        model(batches(it)[0])
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+
+
+def alphas(points: int) -> list[float]:
+    return [i / (points - 1) for i in range(points)]  # exact 0 and 1, unlike float32 linspace
+
+
+def path_metrics(model: nn.Module, ends: Sequence[Mapping[str, Tensor]], data: Dataset, alpha: Sequence[float],
+                 splits: Sequence[str], batch_size: int,
+                 recompute: Callable[[nn.Module], None] | None = None) -> dict[str, list[float]]:
+    """"{split}_error" and "{split}_loss" of the network interpolated between `ends` at each alpha, loaded
+    into `model` (its BatchNorm statistics re-estimated by `recompute` first, if given). One host read."""
+    records = []
+    for a in alpha:
+        model.load_state_dict(interpolate(*ends, a))
+        if recompute is not None:
+            recompute(model)
+        metrics = evaluate(model, data, splits, batch_size)
+        records.append(torch.stack([v for s in splits for v in (1 - metrics[f"{s}_accuracy"], metrics[f"{s}_loss"])]))
+    columns = torch.stack(records).T.tolist()
+    return dict(zip([f"{s}_{m}" for s in splits for m in ("error", "loss")], columns))
+
+
+def instability(errors: Sequence[float], alpha: Sequence[float], barrier: str) -> float:
+    """`endpoints_mean` (Frankle et al. 2020): the largest error minus the mean of the ends' errors.
+    `linear` (Entezari et al. 2022): the largest rise above the straight line between the ends' errors."""
+    first, last = errors[0], errors[-1]
+    if barrier == "endpoints_mean":
+        return max(errors) - (first + last) / 2
+    return max(e - first - a * (last - first) for e, a in zip(errors, alpha))  # exactly 0 when the ends agree
+
+
+@dataclass
+class Pair:
+    """Two copies trained from one start, and the error and loss along the line between them."""
+
+    data_seeds: tuple[int, int]
+    ends: list[dict[str, Tensor]]
+    alphas: list[float]
+    curve: dict[str, list[float]]  # "{split}_error", "{split}_loss" at each alpha
+    bn_batches: int | None  # batches BatchNorm statistics were re-estimated on (bn: recompute)
+    train_seconds: float
+
+    def instability(self, split: str, barrier: str) -> float:
+        return instability(self.curve[f"{split}_error"], self.alphas, barrier)
+
+
+def _synchronize(tensors: Mapping[str, Tensor]) -> None:
+    device = next(iter(tensors.values())).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def analyse(start: Start, data: Dataset, cfg: Config, begin: int, data_seeds: tuple[int, int]) -> Pair:
+    """Train two copies of `start` from iteration `begin` with `data_seeds`, then evaluate the line between
+    them as `cfg.stability` says (alpha points, splits, BatchNorm statistics)."""
+    st = cfg.stability
+    tic = time.perf_counter()
+    ends = train_twins(start, data, cfg.train, data_seeds, begin)
+    _synchronize(ends[0])
+    seconds = time.perf_counter() - tic
+    recompute, bn_batches = None, None
+    if st.bn == "recompute":
+        bn_batches = st.bn_batches or data.steps_per_epoch(cfg.train.batch_size)  # None: one epoch
+        # The same batches for every alpha: the curve's steps are the path's, not the sample's.
+        batches = data.train_batches(cfg.train.batch_size, derive_seed(cfg.data_seed, "stability", "bn"))
+        recompute = partial(recompute_bn, batches=batches, count=bn_batches)
+    points = alphas(st.alpha_points)
+    curve = path_metrics(copy.deepcopy(start.model), ends, data, points, st.splits, cfg.runtime.eval_batch_size,
+                         recompute)
+    return Pair(tuple(data_seeds), ends, points, curve, bn_batches, seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# an analysis directory
+
+
+def analysis_name(cfg: Config) -> str:
+    return f"{cfg.model.arch}-{cfg.data.dataset}-{stability_hash(cfg)}"
+
+
+class StabilityRun(Trainer):
+    """The stability analysis of `cfg` in directory `out`; `run()` resumes whatever is already there.
+
+    The network is the dense one (`stability.level` 0) or IMP level L's subnetwork, at the rewind
+    iteration k (`imp.rewind_iter`); the IMP run rewinds to k too. `dense_dir`: a shared dense run.
+    `trainings` counts training runs started: the dense run's, the IMP run's, one per replicate.
+    """
+
+    def __init__(self, cfg: Config, out: str | Path, reporter: Reporter | None = None,
+                 dense_dir: str | Path | None = None):
+        super().__init__(cfg, reporter)
+        self.out = Path(out)
+        _claim(self.out / "config.yaml", cfg, [f.name for f in fields(cfg)], analysis_name)
+        self.dense = DenseRun(cfg, self.out / "dense" if dense_dir is None else dense_dir, reporter, self.data)
+        self.rewind_iter = self.rewind_iteration(self.out / "config.yaml")
+        level = cfg.stability.level
+        self.imp = ImpRun(cfg.with_updates({"imp.levels": level, "imp.controls": []}), self.out / "imp", reporter,
+                          self.dense.out, self.data) if level else None
+
+    @property
+    def path_file(self) -> Path:
+        return self.out / "stability.parquet"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.out / "stability_summary.parquet"
+
+    def finished_replicates(self) -> list[int]:
+        return sorted(set(read_table(self.summary_file, STABILITY_SUMMARY_SCHEMA).column("replicate").to_pylist()))
+
+    def start(self) -> Start:
+        """The network and optimiser at k under the level's mask, training whatever is missing first."""
+        self.dense.ensure([self.rewind_iter])
+        mask = Mask({})
+        if self.imp is not None:
+            self.imp.run()
+            mask = self.imp.mask(self.cfg.stability.level)
+        self.trainings = self.dense.trainings + (self.imp.trainings if self.imp else 0)
+        return self.dense.state_at(self.rewind_iter, mask)
+
+    def run(self) -> pa.Table:
+        """Analyse every uncommitted replicate; returns the complete summary table."""
+        done = self.finished_replicates()
+        todo = [r for r in range(self.cfg.stability.replicates) if r not in done]
+        if todo:
+            # Path rows of a replicate killed before its summary rows were written: it runs again.
+            paths = read_table(self.path_file, STABILITY_PATH_SCHEMA)
+            if set(paths.column("replicate").to_pylist()) - set(done):
+                write_atomic(paths.filter(pc.is_in(paths["replicate"], pa.array(done, pa.int64()))), self.path_file)
+            start = self.start()
+            for replicate in todo:
+                self._replicate(replicate, start)
+        return read_table(self.summary_file, STABILITY_SUMMARY_SCHEMA)
+
+    def _replicate(self, replicate: int, start: Start) -> None:
+        cfg, st = self.cfg, self.cfg.stability
+        seeds = (derive_seed(cfg.data_seed, "stability", replicate, 1),
+                 derive_seed(cfg.data_seed, "stability", replicate, 2))
+        remaining = start.mask.weights_remaining()
+        self.reporter.training(st.level, "twins", self.rewind_iter, self.end_iter, remaining)
+        self.trainings += 1
+        pair = analyse(start, self.data, cfg, self.rewind_iter, seeds)
+        now = datetime.now(timezone.utc)
+        identity = {"run_name": analysis_name(cfg), "config_hash": config_hash(cfg),
+                    "stability_hash": stability_hash(cfg), "arch": cfg.model.arch, "dataset": cfg.data.dataset,
+                    "seed": cfg.seed, "level": st.level, "rewind_iter": self.rewind_iter,
+                    "weights_remaining": remaining, "replicate": replicate}
+        path_rows = [identity | {"alpha_index": i, "alpha": a, "split": s, "error": pair.curve[f"{s}_error"][i],
+                                 "loss": pair.curve[f"{s}_loss"][i], "bn": st.bn, "finished_at": now}
+                     for i, a in enumerate(pair.alphas) for s in st.splits]
+        summary_rows = []
+        for s in st.splits:
+            errors, value = pair.curve[f"{s}_error"], pair.instability(s, st.barrier)
+            summary_rows.append(identity | {
+                "split": s, "data_seed_1": seeds[0], "data_seed_2": seeds[1], "error_1": errors[0],
+                "error_2": errors[-1], "max_error": max(errors), "barrier_kind": st.barrier, "instability": value,
+                "threshold": st.threshold, "stable": value < st.threshold, "alpha_points": st.alpha_points,
+                "bn": st.bn, "bn_batches": pair.bn_batches, "train_seconds": pair.train_seconds,
+                "finished_at": now})
+        append_rows(self.path_file, STABILITY_PATH_SCHEMA, path_rows)
+        append_rows(self.summary_file, STABILITY_SUMMARY_SCHEMA, summary_rows)  # the commit point
+        self.reporter.analysed(replicate, summary_rows, path_rows)
