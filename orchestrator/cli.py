@@ -146,33 +146,47 @@ def _percent(mean: float | None, std: float | None) -> str:
     return f"{mean:.2%}" if std is None else f"{mean:.2%} ± {std:.2%}"
 
 
+def _print_table(header: list[str], lines: list[list[str]]) -> None:
+    widths = [max(len(x) for x in column) for column in zip(header, *lines)]
+    for line in [header, *lines]:
+        print("  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths))))
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from orchestrator import store
 
-    table = store.read_results(args.dir)
+    stability = store.read_results(args.dir, "stability_summary.parquet")
+    table = stability if stability.num_rows else store.read_results(args.dir)
     if table.num_rows == 0:
-        raise ConfigError(args.dir, [f"no rows in {args.dir}/{store.RESULTS_FILE}: not a sweep folder, or no "
-                                     "trial has finished a level yet"])
-    keys, rows = store.summary(table)
+        raise ConfigError(args.dir, [f"no rows in {args.dir}/{store.RESULTS_FILE} (or stability_summary.parquet): "
+                                     "not a sweep folder, or no trial has finished a level yet"])
+    keys, rows = (store.stability_summary if stability.num_rows else store.summary)(table)
     if args.format == "json":
         print(json.dumps(rows, indent=1))
         return 0
     if args.format == "csv":
         import csv
 
-        columns = [*keys, "level", "weights_remaining", "seeds"] + [
+        columns = list(rows[0]) if stability.num_rows else [*keys, "level", "weights_remaining", "seeds"] + [
             f"{v}_{s}" for v in store.SUMMARY_VARIANTS for s in ("mean", "std")]
         writer = csv.DictWriter(sys.stdout, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         return 0
+    setting = [", ".join(f"{k}={r[k]}" for k in keys) or "base" for r in rows]
+    if stability.num_rows:
+        _print_table(["setting", "split", "remaining", "pairs", "instability", "endpoint error", "stable"],
+                     [[name, r["split"], f"{r['weights_remaining']:.1%}", str(r["pairs"]),
+                       _percent(r["instability_mean"], r["instability_std"]), f"{r['endpoint_error']:.2%}",
+                       f"{r['stable_fraction']:.0%}"] for name, r in zip(setting, rows)])
+        print(f"\n{table.num_rows} rows from {args.dir}/stability_summary.parquet; instability mean ± std over "
+              f"pairs of copies, stable: below {rows[0]['threshold']:.0%}")
+        return 0
     variants = [v for v in store.SUMMARY_VARIANTS if any(f"{v}_mean" in r for r in rows)]
-    header = ["setting", "level", "remaining", "seeds", *variants]
-    lines = [[", ".join(f"{k}={r[k]}" for k in keys) or "base", str(r["level"]), f"{r['weights_remaining']:.1%}",
-              str(r["seeds"]), *(_percent(r.get(f"{v}_mean"), r.get(f"{v}_std")) for v in variants)] for r in rows]
-    widths = [max(len(x) for x in column) for column in zip(header, *lines)]
-    for line in [header, *lines]:
-        print("  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths))))
+    _print_table(["setting", "level", "remaining", "seeds", *variants],
+                 [[name, str(r["level"]), f"{r['weights_remaining']:.1%}", str(r["seeds"]),
+                   *(_percent(r.get(f"{v}_mean"), r.get(f"{v}_std")) for v in variants)]
+                  for name, r in zip(setting, rows)])
     print(f"\n{table.num_rows} rows from {args.dir}/{store.RESULTS_FILE}; mean ± std of test accuracy over seeds "
           "(level 0's ticket is the dense network)")
     return 0
@@ -260,23 +274,28 @@ def cmd_mlflow_sync(args: argparse.Namespace) -> int:
     ident = tuner.identity(spec, args.tracking_uri)
     if ident["tracking_uri"] is None:
         raise ConfigError(args.dir, ["this sweep has no MLflow store; pass --tracking-uri http://HOST:PORT"])
-    table = store.SweepTable(spec.experiment, spec.name, ident["sweep_id"])
-    store.collect(table, spec.overrides)
-    rows = table.table().to_pylist()
-    levels: dict[str, set[int]] = {}
-    for row in rows:
-        levels.setdefault(row["trial_id"], set()).add(row["level"])
-    # A trial with every level is finished; the others stopped with the sweep (a resume reopens them).
-    statuses = {t: "FINISHED" if len(found) == spec.base.with_updates(
-        json.loads(next(r["overrides"] for r in rows if r["trial_id"] == t))).imp.levels + 1 else "KILLED"
-        for t, found in levels.items()}
+    tables = store.sweep_tables(spec.experiment, spec.name, ident["sweep_id"], spec.kind)
+    store.collect(tables, spec.overrides)
+    commit = tables[store.RESULTS_FILE if spec.kind == "imp" else "stability_summary.parquet"].table().to_pylist()
+    done: dict[str, set] = {}
+    for row in commit:
+        done.setdefault(row["trial_id"], set()).add(row["level"] if spec.kind == "imp" else row["replicate"])
+    overrides = {row["trial_id"]: json.loads(row["overrides"]) for row in commit}
+
+    def complete(trial_id: str) -> bool:
+        cfg = spec.base.with_updates(overrides[trial_id])
+        return len(done[trial_id]) == (cfg.imp.levels + 1 if spec.kind == "imp" else cfg.stability.replicates)
+
+    # A trial with all its levels (replicates) is finished; the others stopped with the sweep (a resume
+    # reopens them).
+    statuses = {t: "FINISHED" if complete(t) else "KILLED" for t in done}
     target = tracking.open_sweep(ident["tracking_uri"], ident["experiment"], spec.name, ident["sweep_id"],
                                  spec.text, tuner.sweep_params(spec))
-    updated = tracking.sync_folder(spec, target, table.table(), statuses)
+    updated = tracking.sync_folder(spec, target, {name: t.table() for name, t in tables.items()}, statuses)
     if updated is None:
         return 1
-    print(f"MLflow {ident['tracking_uri']}: {updated} of {len(levels)} trial runs updated, the others were "
-          f"already level with {spec.experiment}/{store.RESULTS_FILE}")
+    print(f"MLflow {ident['tracking_uri']}: {updated} of {len(done)} trial runs updated, the others were "
+          f"already level with the tables in {spec.experiment}")
     return 0
 
 

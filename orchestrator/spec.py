@@ -20,6 +20,7 @@ before anything runs, and every problem is reported at once with the file, the k
     max_failures: 2                     # retries of a failed trial, each from its last finished level
     storage: runs/sweeps                # a local folder or a URI pyarrow understands (s3://bucket/lth)
     checkpoints: {keep: 1}              # Tune checkpoints kept per trial
+    kind: imp                           # or stability: each trial analyses linear mode connectivity
     tracking: {uri: http://head:5000}   # MLflow; default: $MLFLOW_TRACKING_URI, else <storage>/mlflow.db
 """
 
@@ -43,6 +44,10 @@ from trainables.config import Config, ConfigError, dense_hash, load_config, to_i
 METRICS = ("ticket_accuracy", "ticket_early_stop_accuracy", "reinit_accuracy", "random_mask_accuracy",
            "dense_accuracy", "ticket_test_loss", "ticket_val_loss", "ticket_early_stop_val_loss",
            "ticket_early_stop_iter", "weights_remaining")
+# What a stability trial reports after every replicate (means over the replicates done so far).
+STABILITY_METRICS = ("instability_train", "instability_val", "instability_test", "endpoint_error_train",
+                     "endpoint_error_val", "endpoint_error_test")
+KINDS = ("imp", "stability")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 MAX_GRID = 100_000  # combinations checked one by one before a run; beyond this, a sweep file is a mistake
 
@@ -105,6 +110,7 @@ class SweepSpec:
     storage: str = "runs/sweeps"
     keep_checkpoints: int = 1
     tracking: Tracking = Tracking()
+    kind: Literal["imp", "stability"] = "imp"  # a trial is an IMP run, or a stability analysis (LMC)
 
     @property
     def is_uri(self) -> bool:
@@ -155,7 +161,7 @@ class SweepSpec:
 # loading and validation
 
 _TOP = {"name", "base", "space", "cases", "search", "resources", "max_concurrent", "max_failures", "storage",
-        "checkpoints", "tracking", "description"}
+        "checkpoints", "tracking", "kind", "description"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _URI_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file", "mock")
 
@@ -346,9 +352,13 @@ def parse_sweep(raw: Any, source: str, text: str = "", folder: Path = Path("."))
 
     if search.num_samples < 1:
         problems.append(f"search.num_samples: must be at least 1, got {search.num_samples}")
-    if search.metric not in METRICS:
-        problems.append(f"search.metric: unknown metric {search.metric!r}{_close(search.metric, METRICS)}; "
-                        f"trials report {', '.join(METRICS)}")
+    kind = raw.get("kind", "imp")
+    if kind not in KINDS:
+        problems.append(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}{_close(str(kind), KINDS)}")
+    metrics = STABILITY_METRICS if kind == "stability" else METRICS
+    if search.metric not in metrics and (search.algorithm == "optuna" or "metric" in (raw.get("search") or {})):
+        problems.append(f"search.metric: unknown metric {search.metric!r}{_close(search.metric, metrics)}; "
+                        f"{kind} trials report {', '.join(metrics)}")
     if search.at_weights_remaining is not None and not 0 < search.at_weights_remaining <= 1:
         problems.append(f"search.at_weights_remaining: a fraction in (0, 1], got {search.at_weights_remaining}")
     if search.algorithm == "optuna" and not raw_space and not cases:
@@ -378,7 +388,7 @@ def parse_sweep(raw: Any, source: str, text: str = "", folder: Path = Path("."))
         spec = SweepSpec(name=name, source=source, text=text or yaml.safe_dump(dict(raw), sort_keys=False),
                          base=base, space=tuple(space), cases=cases, search=search, resources=resources,
                          max_concurrent=max_concurrent, max_failures=max_failures, storage=storage,
-                         keep_checkpoints=keep, tracking=tracking)
+                         keep_checkpoints=keep, tracking=tracking, kind=kind)
         _check_combinations(spec, problems)
     if problems:
         raise ConfigError(source, problems)
@@ -474,9 +484,13 @@ def total_iterations(spec: SweepSpec, trials: list[dict[str, Any]]) -> tuple[int
         cfg = spec.trial_config(trial)
         steps = steps_per_epoch(cfg.data, cfg.train.batch_size)
         end = to_iterations(cfg.train.length, steps)
-        per_level = 1 + len(cfg.imp.controls)
-        total += cfg.imp.levels * per_level * (end - to_iterations(cfg.imp.rewind_iter, steps))
-        trainings += cfg.imp.levels * per_level
+        after_k = end - to_iterations(cfg.imp.rewind_iter, steps)
+        if spec.kind == "stability":  # IMP up to the analysed level (no controls), then pairs of copies
+            trainings += cfg.stability.level + 2 * cfg.stability.replicates
+            total += (cfg.stability.level + 2 * cfg.stability.replicates) * after_k
+        else:
+            trainings += cfg.imp.levels * (1 + len(cfg.imp.controls))
+            total += cfg.imp.levels * (1 + len(cfg.imp.controls)) * after_k
         if (key := dense_hash(cfg)) not in dense:
             dense.add(key)
             total += end

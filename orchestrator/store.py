@@ -22,17 +22,22 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from orchestrator.dense_cache import filesystem
-from trainables.results import LEVELS_SCHEMA, write_atomic
+from trainables.results import LEVELS_SCHEMA, STABILITY_PATH_SCHEMA, STABILITY_SUMMARY_SCHEMA, write_atomic
 
 RESULTS_FILE = "results.parquet"
 TRIAL_PREFIX = "trial_"  # a trial's folder in the sweep folder: trial_<Tune's trial id>
-SWEEP_SCHEMA = pa.schema([
+SWEEP_COLUMNS = [
     ("sweep", pa.string()),  # the sweep's name (its folder)
     ("sweep_id", pa.string()),  # unique per launch of a sweep file; kept by `lth sweep resume`
     ("trial_id", pa.string()),  # Ray Tune's trial id
     ("overrides", pa.string()),  # JSON: the dotted config keys this trial sets on the sweep's base
-    *LEVELS_SCHEMA,
-])
+]
+# The tables a trial's run directory holds (IMP runs: results; stability analyses: the other two),
+# each gathered into a sweep table of the same name with the sweep columns in front.
+RUN_TABLES = {RESULTS_FILE: LEVELS_SCHEMA, "stability.parquet": STABILITY_PATH_SCHEMA,
+              "stability_summary.parquet": STABILITY_SUMMARY_SCHEMA}
+SWEEP_SCHEMAS = {name: pa.schema([*SWEEP_COLUMNS, *schema]) for name, schema in RUN_TABLES.items()}
+SWEEP_SCHEMA = SWEEP_SCHEMAS[RESULTS_FILE]
 
 
 def write_table(table: pa.Table, directory: str, name: str) -> None:
@@ -45,40 +50,40 @@ def write_table(table: pa.Table, directory: str, name: str) -> None:
             pq.write_table(table, f)
 
 
-def read_results(directory: str) -> pa.Table:
-    """The sweep's table (empty if it has none yet)."""
+def read_results(directory: str, name: str = RESULTS_FILE) -> pa.Table:
+    """One of the sweep's tables (empty if it has none yet)."""
     fs, root = filesystem(directory)
     try:
-        with fs.open_input_file(f"{root}/{RESULTS_FILE}") as f:
-            return pq.read_table(f, schema=SWEEP_SCHEMA)
+        with fs.open_input_file(f"{root}/{name}") as f:
+            return pq.read_table(f, schema=SWEEP_SCHEMAS[name])
     except FileNotFoundError:
-        return SWEEP_SCHEMA.empty_table()
+        return SWEEP_SCHEMAS[name].empty_table()
 
 
-def checkpoint_rows(fs: pafs.FileSystem, path: str) -> pa.Table | None:
-    """A trial checkpoint's per-level rows, or None if it has none that can be read."""
+def checkpoint_rows(fs: pafs.FileSystem, path: str, name: str = RESULTS_FILE) -> pa.Table | None:
+    """One of a trial checkpoint's tables, or None if it has none that can be read."""
     try:
-        with fs.open_input_file(f"{path}/results.parquet") as f:
-            return pq.read_table(f, schema=LEVELS_SCHEMA)
+        with fs.open_input_file(f"{path}/{name}") as f:
+            return pq.read_table(f, schema=RUN_TABLES[name])
     except (OSError, ValueError, pa.ArrowInvalid):
         return None
 
 
-def sweep_rows(trial_rows: pa.Table, sweep: str, sweep_id: str, trial_id: str,
+def sweep_rows(trial_rows: pa.Table, name: str, sweep: str, sweep_id: str, trial_id: str,
                overrides: Mapping[str, Any]) -> pa.Table:
     n = trial_rows.num_rows
     columns = {"sweep": [sweep] * n, "sweep_id": [sweep_id] * n, "trial_id": [trial_id] * n,
                "overrides": [json.dumps(dict(overrides), sort_keys=True)] * n}
-    return pa.Table.from_pydict({**columns, **{f.name: trial_rows.column(f.name) for f in LEVELS_SCHEMA}},
-                                schema=SWEEP_SCHEMA)
+    return pa.Table.from_pydict({**columns, **{f.name: trial_rows.column(f.name) for f in RUN_TABLES[name]}},
+                                schema=SWEEP_SCHEMAS[name])
 
 
 class SweepTable:
-    """The driver's copy of the table, rewritten whole after every update."""
+    """The driver's copy of one of the sweep's tables (`name`), rewritten whole after every update."""
 
-    def __init__(self, directory: str, sweep: str, sweep_id: str):
-        self.directory, self.sweep, self.sweep_id = directory, sweep, sweep_id
-        existing = read_results(directory)
+    def __init__(self, directory: str, sweep: str, sweep_id: str, name: str = RESULTS_FILE):
+        self.directory, self.sweep, self.sweep_id, self.name = directory, sweep, sweep_id, name
+        existing = read_results(directory, name)
         self.trials: dict[str, pa.Table] = {
             t: existing.filter(pc.equal(existing.column("trial_id"), t))
             for t in existing.column("trial_id").unique().to_pylist()}
@@ -87,15 +92,29 @@ class SweepTable:
         """Set a trial's rows; False if they add nothing (a trial only ever adds levels)."""
         if trial_id in self.trials and self.trials[trial_id].num_rows >= trial_rows.num_rows:
             return False
-        self.trials[trial_id] = sweep_rows(trial_rows, self.sweep, self.sweep_id, trial_id, overrides)
+        self.trials[trial_id] = sweep_rows(trial_rows, self.name, self.sweep, self.sweep_id, trial_id, overrides)
         return True
 
     def save(self) -> None:
-        write_table(self.table(), self.directory, RESULTS_FILE)
+        write_table(self.table(), self.directory, self.name)
 
     def table(self) -> pa.Table:
         tables = [self.trials[t] for t in sorted(self.trials)]
-        return pa.concat_tables(tables) if tables else SWEEP_SCHEMA.empty_table()
+        return pa.concat_tables(tables) if tables else SWEEP_SCHEMAS[self.name].empty_table()
+
+
+def sweep_tables(directory: str, sweep: str, sweep_id: str, kind: str) -> dict[str, SweepTable]:
+    """The tables a sweep of `kind` keeps, by file name."""
+    names = [RESULTS_FILE] if kind == "imp" else [n for n in RUN_TABLES if n != RESULTS_FILE]
+    return {name: SweepTable(directory, sweep, sweep_id, name) for name in names}
+
+
+def record(tables: Mapping[str, SweepTable], trial_id: str, overrides: Mapping[str, Any],
+           rows: Callable[[str], pa.Table | None]) -> None:
+    """Give each table the trial's rows (`rows(name)`), rewriting those that changed."""
+    for name, table in tables.items():
+        if (found := rows(name)) is not None and table.set(trial_id, overrides, found):
+            table.save()
 
 
 @dataclass(frozen=True)
@@ -107,8 +126,8 @@ class StoredTrial:
     fs: pafs.FileSystem
     checkpoint: str | None  # the checkpoint with the most rows, if any
 
-    def rows(self) -> pa.Table | None:
-        return None if self.checkpoint is None else checkpoint_rows(self.fs, self.checkpoint)
+    def rows(self, name: str = RESULTS_FILE) -> pa.Table | None:
+        return None if self.checkpoint is None else checkpoint_rows(self.fs, self.checkpoint, name)
 
 
 def stored_trials(directory: str) -> dict[str, StoredTrial]:
@@ -123,30 +142,71 @@ def stored_trials(directory: str) -> dict[str, StoredTrial]:
                 params = json.loads(f.read())
         except (OSError, ValueError):
             continue  # Tune writes params.json first: a folder without one holds nothing yet
-        best, best_rows = None, -1
+        best, best_rows = None, 0
         for checkpoint in fs.get_file_info(pafs.FileSelector(trial.path)):
             if checkpoint.type == pafs.FileType.Directory and checkpoint.base_name.startswith("checkpoint_"):
-                rows = checkpoint_rows(fs, checkpoint.path)
-                if rows is not None and rows.num_rows > best_rows:
-                    best, best_rows = checkpoint.path, rows.num_rows
+                if (rows := progress(fs, checkpoint.path)) > best_rows:
+                    best, best_rows = checkpoint.path, rows
         trial_id = trial.base_name[len(TRIAL_PREFIX):]
         out[trial_id] = StoredTrial(trial_id, params, fs, best)
     return out
 
 
-def collect(table: SweepTable, overrides: Callable[[Mapping[str, Any]], Mapping[str, Any]]) -> None:
-    """Bring the table level with the trials' checkpoints (a driver killed before it recorded a level).
+def progress(fs: pafs.FileSystem, path: str) -> int:
+    """Committed rows in a run directory, IMP levels of a stability analysis included: grows with every
+    level or replicate, so the larger of two copies of a trial's directory is the more advanced."""
+    total = 0
+    for name in (RESULTS_FILE, f"imp/{RESULTS_FILE}", "stability_summary.parquet"):
+        try:
+            with fs.open_input_file(f"{path}/{name}") as f:
+                total += pq.read_metadata(f).num_rows
+        except (OSError, ValueError, pa.ArrowInvalid):
+            pass
+    return total
+
+
+def collect(tables: Mapping[str, SweepTable], overrides: Callable[[Mapping[str, Any]], Mapping[str, Any]]) -> None:
+    """Bring the tables level with the trials' checkpoints (a driver killed before it recorded a level).
     `overrides`: a Tune trial config -> the trial's dotted overrides."""
-    changed = False
-    for trial in stored_trials(table.directory).values():
-        if (rows := trial.rows()) is not None:
-            changed |= table.set(trial.trial_id, overrides(trial.params), rows)
-    if changed:
-        table.save()
+    directory = next(iter(tables.values())).directory
+    for trial in stored_trials(directory).values():
+        record(tables, trial.trial_id, overrides(trial.params), trial.rows)
 
 
 SEED_KEYS = ("seed", "train.data_seed")  # replicates: averaged over, never a setting of their own
 SUMMARY_VARIANTS = ("dense", "ticket", "reinit", "random_mask")
+
+
+def _settings(df) -> list[str]:
+    """Add a column per swept key (other than seeds) from `overrides`; returns their names."""
+    overrides = df["overrides"].map(json.loads)
+    keys = sorted({k for o in overrides for k in o} - set(SEED_KEYS))
+    for key in keys:
+        df[key] = overrides.map(lambda o: json.dumps(o[key]) if isinstance(o.get(key), list) else o.get(key))
+    return keys
+
+
+def _clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """NaN (the std of one sample) as None; numpy scalars as Python numbers."""
+    return [{k: None if isinstance(v, float) and v != v else v.item() if hasattr(v, "item") else v
+             for k, v in row.items()} for row in rows]
+
+
+def stability_summary(table: pa.Table) -> tuple[list[str], list[dict[str, Any]]]:
+    """Per setting (swept keys other than seeds, e.g. k and level) and split: instability mean and std over
+    the pairs of copies (replicates x seeds), the mean endpoint error and the fraction of stable pairs."""
+    df = table.to_pandas()
+    if df.empty:
+        return [], []
+    keys = _settings(df)
+    df["endpoint_error"] = (df["error_1"] + df["error_2"]) / 2
+    grouped = df.groupby([*keys, "split"], dropna=False, sort=True).agg(
+        level=("level", "first"), rewind_iter=("rewind_iter", "first"),
+        weights_remaining=("weights_remaining", "mean"), pairs=("instability", "size"),
+        instability_mean=("instability", "mean"), instability_std=("instability", "std"),
+        endpoint_error=("endpoint_error", "mean"), stable_fraction=("stable", "mean"),
+        threshold=("threshold", "first")).reset_index()
+    return keys, _clean(grouped.to_dict("records"))
 
 
 def summary(table: pa.Table) -> tuple[list[str], list[dict[str, Any]]]:
@@ -156,10 +216,7 @@ def summary(table: pa.Table) -> tuple[list[str], list[dict[str, Any]]]:
     df = table.to_pandas()
     if df.empty:
         return [], []
-    overrides = df["overrides"].map(json.loads)
-    keys = sorted({k for o in overrides for k in o} - set(SEED_KEYS))
-    for key in keys:
-        df[key] = overrides.map(lambda o: json.dumps(o[key]) if isinstance(o.get(key), list) else o.get(key))
+    keys = _settings(df)
     dense = df[df["variant"] == "dense"].groupby(keys, dropna=False)["test_accuracy"].agg(["mean", "std"]) \
         if keys else df[df["variant"] == "dense"]["test_accuracy"].agg(["mean", "std"])
     df["variant"] = df["variant"].where(df["variant"] != "dense", "ticket")
@@ -177,6 +234,5 @@ def summary(table: pa.Table) -> tuple[list[str], list[dict[str, Any]]]:
     for (*setting, _), row in rows.items():
         ref = dense.loc[tuple(setting) if len(setting) > 1 else setting[0]] if keys else dense
         row["dense_mean"], row["dense_std"] = ref["mean"], ref["std"]
-    out = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}  # NaN std: one seed
-           for _, row in sorted(rows.items(), key=lambda item: tuple(map(str, item[0][:-1])) + (item[0][-1],))]
-    return keys, out
+    ordered = [row for _, row in sorted(rows.items(), key=lambda item: tuple(map(str, item[0][:-1])) + (item[0][-1],))]
+    return keys, _clean(ordered)

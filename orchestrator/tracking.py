@@ -131,21 +131,26 @@ def parent_run(mlflow_client, experiment: str, sweep: str, sweep_id: str, sweep_
 # one trial's run
 
 
+RESULTS, PATH, SUMMARY = "results.parquet", "stability.parquet", "stability_summary.parquet"
+
+
 @dataclass
 class TrialRecord:
-    """Everything a trial's child run shows, as of its latest finished level."""
+    """Everything a trial's child run shows, as of its latest finished level or replicate."""
 
     trial_id: str
     cfg: Config
     overrides: Mapping[str, Any]
-    rows: list[dict[str, Any]]  # LEVELS_SCHEMA rows
+    kind: str = "imp"  # an IMP run, or a stability analysis
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # its tables' rows, by file name
     layers: dict[int, dict[str, tuple[int, int]]] = field(default_factory=dict)  # level -> layer -> (kept, total)
     final_mask: Mapping[str, tuple[tuple[int, ...], Any]] | None = None  # the bit-packed mask state
     status: str | None = None  # FINISHED / FAILED / KILLED once the trial stopped
 
     @property
-    def levels(self) -> int:
-        return 1 + max((r["level"] for r in self.rows), default=-1)
+    def progress(self) -> int:
+        """Rows of the trial's commit record: grows with every level (replicate, for an analysis)."""
+        return len(self.tables.get(RESULTS if self.kind == "imp" else SUMMARY, []))
 
     @property
     def run_name(self) -> str:
@@ -153,18 +158,34 @@ class TrialRecord:
         return f"{self.trial_id} ({swept})" if swept else self.trial_id
 
 
-def metrics_of(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], tuple[float, int]]:
-    """(key, step) -> (value, timestamp ms) for every row. Level 0's dense network is also the
-    ticket at 100% of weights, so ticket curves start where the papers' figures do."""
+def _stamp(row: Mapping[str, Any]) -> int:
+    return int(row["finished_at"].timestamp() * 1000)
+
+
+def metrics_of(record: TrialRecord) -> dict[tuple[str, int], tuple[float, int]]:
+    """(key, step) -> (value, timestamp ms) for every row of the record.
+
+    IMP runs: `{variant}/{column}` and `weights_remaining` with step = level; level 0's dense network
+    is also the ticket at 100% of weights, so ticket curves start where the papers' figures do.
+    Stability analyses: `path/{split}_error_r{replicate}` (and `_loss`) with step = alpha index, and
+    `{split}/instability`, `{split}/endpoint_error`, `{split}/stable` with step = replicate."""
     out: dict[tuple[str, int], tuple[float, int]] = {}
-    for row in rows:
-        stamp = int(row["finished_at"].timestamp() * 1000)
+    for row in record.tables.get(RESULTS, []) if record.kind == "imp" else []:
         variants = ["dense", "ticket"] if row["variant"] == "dense" else [row["variant"]]
         for variant in variants:
             for column in METRIC_COLUMNS:
                 if row[column] is not None:
-                    out[(f"{variant}/{column}", row["level"])] = (float(row[column]), stamp)
-        out[("weights_remaining", row["level"])] = (float(row["weights_remaining"]), stamp)
+                    out[(f"{variant}/{column}", row["level"])] = (float(row[column]), _stamp(row))
+        out[("weights_remaining", row["level"])] = (float(row["weights_remaining"]), _stamp(row))
+    for row in record.tables.get(PATH, []):
+        for column in ("error", "loss"):
+            out[(f"path/{row['split']}_{column}_r{row['replicate']}", row["alpha_index"])] = (row[column], _stamp(row))
+    for row in record.tables.get(SUMMARY, []):
+        step, split = row["replicate"], row["split"]
+        out[(f"{split}/instability", step)] = (row["instability"], _stamp(row))
+        out[(f"{split}/endpoint_error", step)] = ((row["error_1"] + row["error_2"]) / 2, _stamp(row))
+        out[(f"{split}/stable", step)] = (float(row["stable"]), _stamp(row))
+        out[("weights_remaining", 0)] = (row["weights_remaining"], _stamp(row))
     return out
 
 
@@ -186,25 +207,52 @@ def _sparsity_csv(layers: Mapping[int, Mapping[str, tuple[int, int]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+def _rows_csv(rows: Sequence[Mapping[str, Any]], name: str) -> bytes:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    from trainables.results import LEVELS_SCHEMA
+    from orchestrator.store import RUN_TABLES
 
     buffer = io.BytesIO()
-    pacsv.write_csv(pa.Table.from_pylist(list(rows), schema=LEVELS_SCHEMA), buffer)
-    return buffer.getvalue().decode()
+    pacsv.write_csv(pa.Table.from_pylist(list(rows), schema=RUN_TABLES[name]), buffer)
+    return buffer.getvalue()
 
 
-def accuracy_plot(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
-    """Test accuracy against weights remaining (log axis, 100% on the left), one line per variant."""
+def _figure():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    return plt, plt.subplots(figsize=(6, 4))
+
+
+def _png(plt, fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def error_plot(path_rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
+    """Error along the line between the two copies, one line per split and replicate."""
+    plt, (fig, ax) = _figure()
+    for split in sorted({r["split"] for r in path_rows}):
+        for replicate in sorted({r["replicate"] for r in path_rows}):
+            points = sorted((r["alpha"], r["error"] * 100) for r in path_rows
+                            if r["split"] == split and r["replicate"] == replicate)
+            ax.plot(*zip(*points), marker=".", label=f"{split}, pair {replicate}")
+    ax.set_xlabel("interpolation alpha")
+    ax.set_ylabel("error (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+    return _png(plt, fig)
+
+
+def accuracy_plot(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
+    """Test accuracy against weights remaining (log axis, 100% on the left), one line per variant."""
+    plt, (fig, ax) = _figure()
     for variant in ("ticket", "reinit", "random_mask"):
         points = sorted((r["weights_remaining"] * 100, r["test_accuracy"] * 100) for r in rows
                         if r["variant"] == variant or (variant == "ticket" and r["variant"] == "dense"))
@@ -213,18 +261,15 @@ def accuracy_plot(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
     ax.set_xscale("log")
     ticks = sorted({round(r["weights_remaining"] * 100, 1) for r in rows}, reverse=True)
     ax.set_xticks(ticks[::max(1, len(ticks) // 8)], minor=False)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.invert_xaxis()
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(plt, fig)
 
 
 @dataclass
@@ -234,13 +279,13 @@ class RunState:
     run_id: str | None = None
     params: set[str] | None = None
     logged: set[tuple[str, int]] | None = None
-    artifact_levels: int = 0
+    artifact_progress: int = 0
     status: str | None = None
 
     def forget(self) -> None:
         """Keep only the run id (so no second run is created); ask the server for the rest next time."""
         self.params = self.logged = self.status = None
-        self.artifact_levels = 0
+        self.artifact_progress = 0
 
 
 def _child_run(mlflow_client, target: Target, record: TrialRecord) -> str:
@@ -267,7 +312,7 @@ def sync_trial(mlflow_client, target: Target, record: TrialRecord, state: RunSta
         if state.run_id is None:
             state.run_id = _child_run(mlflow_client, target, record)
         run_id = state.run_id
-        wanted = metrics_of(record.rows)
+        wanted = metrics_of(record)
         if state.logged is None:
             run = mlflow_client.get_run(run_id)
             state.params = set(run.data.params)
@@ -284,10 +329,10 @@ def sync_trial(mlflow_client, target: Target, record: TrialRecord, state: RunSta
         for i in range(0, len(missing), 1000):
             mlflow_client.log_batch(run_id, metrics=missing[i:i + 1000])
         state.logged |= {(m.key, m.step) for m in missing}
-        if record.levels > state.artifact_levels:
+        if record.progress > state.artifact_progress:
             _log_artifacts(mlflow_client, run_id, record)
-            state.artifact_levels = record.levels
-        mlflow_client.set_tag(run_id, "lth.levels", str(record.levels))
+            state.artifact_progress = record.progress
+        mlflow_client.set_tag(run_id, "lth.progress", str(record.progress))
         if record.status is not None and record.status != state.status:
             mlflow_client.set_terminated(run_id, record.status)
             state.status = record.status
@@ -298,8 +343,14 @@ def sync_trial(mlflow_client, target: Target, record: TrialRecord, state: RunSta
 
 def _log_artifacts(mlflow_client, run_id: str, record: TrialRecord) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"results.csv": _rows_csv(record.rows).encode(),
-                 "accuracy_vs_weights_remaining.png": accuracy_plot(record.rows, record.run_name)}
+        if record.kind == "imp":
+            rows = record.tables.get(RESULTS, [])
+            files = {"results.csv": _rows_csv(rows, RESULTS),
+                     "accuracy_vs_weights_remaining.png": accuracy_plot(rows, record.run_name)}
+        else:
+            files = {"stability.csv": _rows_csv(record.tables.get(PATH, []), PATH),
+                     "stability_summary.csv": _rows_csv(record.tables.get(SUMMARY, []), SUMMARY),
+                     "error_vs_alpha.png": error_plot(record.tables.get(PATH, []), record.run_name)}
         if record.layers:
             files["sparsity.csv"] = _sparsity_csv(record.layers).encode()
         if record.final_mask is not None:
@@ -316,11 +367,11 @@ def _log_artifacts(mlflow_client, run_id: str, record: TrialRecord) -> None:
 
 
 def read_masks(run_dir: Path, levels: Sequence[int]) -> dict[int, Mapping[str, Any]]:
-    """level -> its bit-packed mask state, from an IMP run directory."""
+    """level -> its bit-packed mask state, for the levels an IMP run directory has."""
     import torch
 
-    return {level: torch.load(run_dir / "checkpoints" / f"level_{level:03d}" / "mask.pt", weights_only=True)
-            for level in levels}
+    paths = {level: run_dir / "checkpoints" / f"level_{level:03d}" / "mask.pt" for level in levels}
+    return {level: torch.load(path, weights_only=True) for level, path in paths.items() if path.exists()}
 
 
 def add_masks(record: TrialRecord, masks: Mapping[int, Mapping[str, Any]]) -> None:
@@ -343,16 +394,16 @@ class TrialLog:
         self.warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
         self.state = RunState()
         self.failures = 0  # failed attempts so far (reported to the driver)
-        self.synced_levels = 0
+        self.synced = 0  # progress MLflow has
         self._lock = threading.Lock()
         self._wake: queue.Queue[None] = queue.Queue()
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name=f"mlflow-{record.trial_id}", daemon=True)
         self._thread.start()
 
-    def update(self, rows: list[dict[str, Any]], masks: Mapping[int, Mapping[str, Any]]) -> None:
+    def update(self, tables: dict[str, list[dict[str, Any]]], masks: Mapping[int, Mapping[str, Any]]) -> None:
         with self._lock:
-            self.record.rows = rows
+            self.record.tables = tables
             add_masks(self.record, masks)
         self._wake.put(None)
 
@@ -363,7 +414,7 @@ class TrialLog:
             self._closing = True
         self._wake.put(None)
         self._thread.join(timeout)
-        done = not self._thread.is_alive() and self.synced_levels == self.record.levels
+        done = not self._thread.is_alive() and self.synced == self.record.progress
         if not done:
             self.warn(f"MLflow: trial {self.record.trial_id} is not fully logged ({self.failures} failed attempts); "
                       "its results are in Parquet: run `lth mlflow sync <sweep folder>` once MLflow is reachable")
@@ -371,12 +422,12 @@ class TrialLog:
 
     def _snapshot(self) -> TrialRecord:
         with self._lock:
-            return dataclasses.replace(self.record, rows=list(self.record.rows), layers=dict(self.record.layers))
+            return dataclasses.replace(self.record, tables=dict(self.record.tables), layers=dict(self.record.layers))
 
     def _loop(self) -> None:
         mlflow_client, delay = None, 1.0
         while True:
-            failing = self.failures and self.synced_levels < self.record.levels
+            failing = self.failures and self.synced < self.record.progress
             try:
                 self._wake.get(timeout=delay if failing else None)
             except queue.Empty:
@@ -385,7 +436,7 @@ class TrialLog:
             try:
                 mlflow_client = mlflow_client or client(self.target.uri)
                 sync_trial(mlflow_client, self.target, record, self.state)
-                self.synced_levels, delay = record.levels, 1.0
+                self.synced, delay = record.progress, 1.0
             except Exception as exc:  # noqa: BLE001 - any failure: Parquet has the data, retry later
                 self.failures += 1
                 delay = min(delay * 2, 30.0)
@@ -423,37 +474,44 @@ def _children(mlflow_client, target: Target) -> dict[str, Any]:
             return out
 
 
-def sync_sweep(target: Target, table, trial_config: Callable[[Mapping[str, Any]], Config],
-               statuses: Mapping[str, str], masks: Callable[[str, Sequence[int]], Mapping[int, Any]],
-               results_file: Path) -> int:
-    """Bring every child run level with the sweep's table (`statuses`: trial id -> final MLflow status;
-    `masks(trial id, levels)`: the trial's stored masks) and give the parent the table and its status.
-    Runs already level are only looked at. Returns the number of child runs it had to update."""
+def sync_sweep(target: Target, tables: Mapping[str, Any], kind: str,
+               trial_config: Callable[[Mapping[str, Any]], Config], statuses: Mapping[str, str],
+               masks: Callable[[str, Config], Mapping[int, Any]], files: Sequence[Path]) -> int:
+    """Bring every child run level with the sweep's tables (file name -> table; `statuses`: trial id ->
+    final MLflow status; `masks(trial id, config)`: the trial's stored masks) and give the parent the
+    tables (`files`) and its status. Runs already level are only looked at. Returns the number of child
+    runs it had to update."""
     mlflow_client = client(target.uri)
     children = _children(mlflow_client, target)
-    rows_by_trial: dict[str, list[dict[str, Any]]] = {}
-    for row in table.to_pylist():
-        rows_by_trial.setdefault(row["trial_id"], []).append(row)
+    by_trial: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for name, table in tables.items():
+        for row in table.to_pylist():
+            by_trial.setdefault(row["trial_id"], {}).setdefault(name, []).append(row)
     updated = 0
-    for trial_id, rows in sorted(rows_by_trial.items()):
-        levels = 1 + max(r["level"] for r in rows)
-        status = statuses.get(trial_id)
+    for trial_id, rows in sorted(by_trial.items()):
+        overrides = json.loads(next(iter(rows.values()))[0]["overrides"])
+        record = TrialRecord(trial_id, trial_config(overrides), overrides, kind, rows, status=statuses.get(trial_id))
         run = children.get(trial_id)
-        if run is not None and run.data.tags.get("lth.levels") == str(levels) and run.info.status == status:
+        if run is not None and run.data.tags.get("lth.progress") == str(record.progress) and \
+                run.info.status == record.status:
             continue
-        overrides = json.loads(rows[0]["overrides"])
-        record = TrialRecord(trial_id, trial_config(overrides), overrides, rows, status=status)
-        add_masks(record, masks(trial_id, range(levels)))
+        add_masks(record, masks(trial_id, record.cfg))
         sync_trial(mlflow_client, target, record, RunState())
         updated += 1
-    mlflow_client.log_artifact(target.parent_run_id, str(results_file))
+    for path in files:
+        mlflow_client.log_artifact(target.parent_run_id, str(path))
     values = set(statuses.values())
     mlflow_client.set_terminated(target.parent_run_id, "FAILED" if "FAILED" in values else
                                  "FINISHED" if values == {"FINISHED"} else "KILLED")
     return updated
 
 
-def sync_folder(spec, target: Target, table, statuses: Mapping[str, str]) -> int | None:
+def stored_levels(kind: str, cfg: Config) -> tuple[str, range]:
+    """Where a trial's run directory keeps its masks (relative), and for which levels."""
+    return ("", range(cfg.imp.levels + 1)) if kind == "imp" else ("imp", range(cfg.stability.level + 1))
+
+
+def sync_folder(spec, target: Target, tables: Mapping[str, Any], statuses: Mapping[str, str]) -> int | None:
     """`sync_sweep` from a sweep folder (masks from the trials' checkpoints); None, with the fix
     printed, if MLflow cannot be reached."""
     import pyarrow.fs as pafs
@@ -463,23 +521,26 @@ def sync_folder(spec, target: Target, table, statuses: Mapping[str, str]) -> int
 
     trials = store.stored_trials(spec.experiment)
 
-    def masks(trial_id: str, levels: Sequence[int]) -> dict[int, Any]:
+    def masks(trial_id: str, cfg: Config) -> dict[int, Any]:
         trial = trials.get(trial_id)
         if trial is None or trial.checkpoint is None:
             return {}
+        folder, levels = stored_levels(spec.kind, cfg)
         if isinstance(trial.fs, pafs.LocalFileSystem):
-            return read_masks(Path(trial.checkpoint), levels)
+            return read_masks(Path(trial.checkpoint) / folder, levels)
         with tempfile.TemporaryDirectory() as tmp:
             pafs.copy_files(trial.checkpoint, tmp, source_filesystem=trial.fs)
-            return read_masks(Path(tmp), levels)
+            return read_masks(Path(tmp) / folder, levels)
 
     with tempfile.TemporaryDirectory() as tmp:
-        results_file = Path(tmp) / store.RESULTS_FILE
-        pq.write_table(table, results_file)
+        files = []
+        for name, table in tables.items():
+            files.append(Path(tmp) / name)
+            pq.write_table(table, files[-1])
         try:
-            return sync_sweep(target, table, spec.base.with_updates, statuses, masks, results_file)
+            return sync_sweep(target, tables, spec.kind, spec.base.with_updates, statuses, masks, files)
         except Exception as exc:  # noqa: BLE001 - MLflow is a view; Parquet holds the results
             print(f"MLflow: could not bring {target.uri} level with the results ({type(exc).__name__}: "
-                  f"{str(exc)[:200]}); they are all in {spec.experiment}/{store.RESULTS_FILE}. Once MLflow is "
-                  f"reachable: lth mlflow sync {spec.experiment}", flush=True)
+                  f"{str(exc)[:200]}); they are all in {spec.experiment}. Once MLflow is reachable: "
+                  f"lth mlflow sync {spec.experiment}", flush=True)
             return None

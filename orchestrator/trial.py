@@ -19,20 +19,22 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 from ray import tune
 
 from orchestrator.dense_cache import DenseStore, acquire
 from orchestrator.spec import SweepSpec
+from orchestrator.store import RESULTS_FILE, RUN_TABLES, progress
 from orchestrator.tracking import Target, TrialLog, TrialRecord, read_masks
 from trainables.config import Config, config_hash, dense_hash
 from trainables.imp import ImpRun, Reporter
 from trainables.results import LEVELS_SCHEMA, read_table
+from trainables.stability import StabilityRun
 
 # Set to a file path to append a JSON line per training run started and per level finished (with
 # the node and process): an audit trail that shows that retries and resumes never repeat work.
 TRAINING_LOG = "LTH_TRAINING_LOG"
+PATH_FILE, SUMMARY_FILE, IMP_RESULTS = "stability.parquet", "stability_summary.parquet", f"imp/{RESULTS_FILE}"
 
 
 def _level_summary(rows: list[dict[str, Any]], level: int) -> dict[str, Any]:
@@ -54,8 +56,8 @@ def _level_summary(rows: list[dict[str, Any]], level: int) -> dict[str, Any]:
 
 
 def level_metrics(rows: list[dict[str, Any]], spec: SweepSpec) -> dict[str, Any]:
-    """What a trial reports after a level: that level's results and, for optuna, the objective so far
-    (the metric at the last level, or at the level nearest `search.at_weights_remaining`)."""
+    """What an IMP trial reports after a level: that level's results and, for optuna, the objective so
+    far (the metric at the last level, or at the level nearest `search.at_weights_remaining`)."""
     last = max(r["level"] for r in rows)
     out = {"level": last, **_level_summary(rows, last)}
     if spec.search.algorithm == "optuna":
@@ -68,9 +70,36 @@ def level_metrics(rows: list[dict[str, Any]], spec: SweepSpec) -> dict[str, Any]
     return out
 
 
+def stability_metrics(tables: Mapping[str, list[dict[str, Any]]], cfg: Config, spec: SweepSpec) -> dict[str, Any]:
+    """What a stability trial reports: the IMP level it reached, then per split the mean instability and
+    endpoint error over the replicates analysed so far (and, for optuna, the objective)."""
+    summary, imp = tables[SUMMARY_FILE], tables[IMP_RESULTS]
+    out: dict[str, Any] = {"level": max((r["level"] for r in imp), default=0), "replicates": 0}
+    if imp:
+        out["weights_remaining"] = min(r["weights_remaining"] for r in imp)
+    if summary:
+        out |= {"level": cfg.stability.level, "weights_remaining": summary[0]["weights_remaining"],
+                "replicates": len({r["replicate"] for r in summary})}
+        for split in cfg.stability.splits:
+            rows = [r for r in summary if r["split"] == split]
+            out[f"instability_{split}"] = sum(r["instability"] for r in rows) / len(rows)
+            out[f"endpoint_error_{split}"] = sum((r["error_1"] + r["error_2"]) / 2 for r in rows) / len(rows)
+            out[f"stable_{split}"] = out[f"instability_{split}"] < cfg.stability.threshold
+        if spec.search.algorithm == "optuna" and spec.search.metric in out:
+            out["objective"] = out[spec.search.metric]
+    return out
+
+
+def run_tables(workdir: Path, kind: str) -> dict[str, list[dict[str, Any]]]:
+    """The tables of a trial's run directory (an analysis's IMP run included), by path."""
+    files = {RESULTS_FILE: LEVELS_SCHEMA} if kind == "imp" else {
+        PATH_FILE: RUN_TABLES[PATH_FILE], SUMMARY_FILE: RUN_TABLES[SUMMARY_FILE], IMP_RESULTS: LEVELS_SCHEMA}
+    return {name: read_table(workdir / name, schema).to_pylist() for name, schema in files.items()}
+
+
 class TrialReporter(Reporter):
-    """Reports each finished level to Tune with the run directory as its checkpoint, and hands it
-    to the trial's MLflow logger (if tracked)."""
+    """Reports each finished level (and stability replicate) to Tune with the run directory as its
+    checkpoint, and hands it to the trial's MLflow logger (if tracked)."""
 
     def __init__(self, spec: SweepSpec, cfg: Config, workdir: Path, trial_id: str, tracking: TrialLog | None):
         self.spec, self.cfg, self.workdir, self.trial_id = spec, cfg, workdir, trial_id
@@ -93,46 +122,48 @@ class TrialReporter(Reporter):
         self.report()
         self._log("level_done", level=level)
 
-    def track(self) -> list[dict[str, Any]]:
-        """Hand the run's rows (and masks not yet read) to the MLflow logger; returns the rows."""
-        rows = read_table(self.workdir / "results.parquet", LEVELS_SCHEMA).to_pylist()
+    def analysed(self, replicate: int, summary_rows: list[dict[str, Any]], path_rows: list[dict[str, Any]]) -> None:
+        self.report()
+        self._log("analysed", level=self.cfg.stability.level, replicate=replicate)
+
+    def track(self) -> dict[str, list[dict[str, Any]]]:
+        """Hand the run's tables (and masks not yet read) to the MLflow logger; returns the tables."""
+        tables = run_tables(self.workdir, self.spec.kind)
         if self.tracking is not None:
-            levels = {r["level"] for r in rows} - self.masks_read
-            self.tracking.update(rows, read_masks(self.workdir, sorted(levels)))
+            imp = tables.get(RESULTS_FILE) or tables.get(IMP_RESULTS, [])
+            levels = {r["level"] for r in imp} - self.masks_read
+            run_dir = self.workdir if self.spec.kind == "imp" else self.workdir / "imp"
+            self.tracking.update(tables, read_masks(run_dir, sorted(levels)))
             self.masks_read |= levels
-        return rows
+        return tables
 
     def report(self) -> None:
-        metrics = level_metrics(self.track(), self.spec)
+        tables = self.track()
+        if self.spec.kind == "imp":
+            metrics = level_metrics(tables[RESULTS_FILE], self.spec)
+        else:
+            metrics = stability_metrics(tables, self.cfg, self.spec)
         if self.tracking is not None:
             metrics["mlflow_failures"] = self.tracking.failures
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(self.workdir)))
 
 
-def _levels_in(fs: pafs.FileSystem, path: str) -> int:
-    """Finished levels in a stored run directory (0 if it has none or cannot be read)."""
-    try:
-        with fs.open_input_file(f"{path}/results.parquet") as f:
-            return len(set(pq.read_table(f, columns=["level"]).column("level").to_pylist()))
-    except (OSError, ValueError):
-        return 0
-
-
 def restore(workdir: Path) -> int:
-    """Put the trial's most advanced saved state in `workdir`; returns the finished levels Tune knows of."""
+    """Put the trial's most advanced saved state in `workdir`; returns the progress (committed rows)
+    of the checkpoint Tune knows of."""
     known = tune.get_checkpoint()
     storage = tune.get_context().get_storage()
     fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
     candidates = [(i.path, i.base_name) for i in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
                   if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
-    best, best_levels = None, _levels_in(pafs.LocalFileSystem(), str(workdir)) if workdir.exists() else 0
+    best, best_rows = None, progress(pafs.LocalFileSystem(), str(workdir)) if workdir.exists() else 0
     for path, _ in sorted(candidates, key=lambda c: c[1]):
-        if (levels := _levels_in(fs, path)) > best_levels:
-            best, best_levels = path, levels
+        if (rows := progress(fs, path)) > best_rows:
+            best, best_rows = path, rows
     if best is not None:
         shutil.rmtree(workdir, ignore_errors=True)
         tune.Checkpoint(best, fs).to_directory(str(workdir))
-    return _levels_in(known.filesystem, known.path) if known else 0
+    return progress(known.filesystem, known.path) if known else 0
 
 
 def run_trial(config: Mapping[str, Any], spec: SweepSpec, rewind_points: Mapping[str, list[str]],
@@ -146,13 +177,14 @@ def run_trial(config: Mapping[str, Any], spec: SweepSpec, rewind_points: Mapping
     # directory reaches storage only as a checkpoint, whole, after each level.
     workdir = Path(tempfile.gettempdir()) / "lth-trials" / context.get_experiment_name() / trial_id
     tune_knows = restore(workdir)
-    tracking = None if target is None else TrialLog(target, TrialRecord(trial_id, cfg, spec.overrides(config), []))
+    tracking = None if target is None else TrialLog(target, TrialRecord(trial_id, cfg, spec.overrides(config),
+                                                                        spec.kind))
     reporter = TrialReporter(spec, cfg, workdir, trial_id, tracking)
     try:
         points = [*rewind_points.get(dense_hash(cfg), []), cfg.imp.rewind_iter]
         dense_dir = acquire(cfg, points, DenseStore(spec.storage), trial_id, reporter)
-        run = ImpRun(cfg, workdir, reporter, dense_dir=dense_dir)
-        if len(run.finished_levels()) > tune_knows:  # progress Tune lost with a killed driver: tell it again
+        run = (ImpRun if spec.kind == "imp" else StabilityRun)(cfg, workdir, reporter, dense_dir=dense_dir)
+        if progress(pafs.LocalFileSystem(), str(workdir)) > tune_knows:  # what Tune lost with a killed driver
             reporter.report()
         else:
             reporter.track()  # a retry: its MLflow run may lack what an earlier attempt could not log

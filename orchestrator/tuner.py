@@ -194,10 +194,17 @@ class Progress(Callback):
 
     @_display_only
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        parts = [f"level {result['level']}", f"{result['weights_remaining']:.1%} remaining"]
+        parts = [f"level {result['level']}"]
+        if "weights_remaining" in result:
+            parts.append(f"{result['weights_remaining']:.1%} remaining")
         for variant in ("ticket", "reinit", "random_mask"):
             if f"{variant}_accuracy" in result:
                 parts.append(f"{variant} {result[f'{variant}_accuracy']:.2%}")
+        if result.get("replicates"):
+            parts.append(f"{result['replicates']} pair(s) of copies")
+        for split in ("train", "val", "test"):
+            if f"instability_{split}" in result:
+                parts.append(f"{split} instability {result[f'instability_{split}']:.2%}")
         self._print(f"{self._label(trial)}: " + ", ".join(parts))
         if result.get("mlflow_failures", 0) > self.mlflow_failures.get(trial.trial_id, 0):
             self.mlflow_failures[trial.trial_id] = result["mlflow_failures"]
@@ -232,16 +239,15 @@ class Progress(Callback):
 
 
 class Record(Callback):
-    """Keeps `<sweep>/results.parquet` level with the trials' checkpoints, one level at a time."""
+    """Keeps the sweep's tables (`results.parquet`, ...) level with the trials' checkpoints."""
 
-    def __init__(self, spec: SweepSpec, table: store.SweepTable):
-        self.spec, self.table = spec, table
+    def __init__(self, spec: SweepSpec, tables: dict[str, store.SweepTable]):
+        self.spec, self.tables = spec, tables
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         try:
-            rows = store.checkpoint_rows(checkpoint.filesystem, checkpoint.path)
-            if rows is not None and self.table.set(trial.trial_id, self.spec.overrides(trial.config), rows):
-                self.table.save()
+            store.record(self.tables, trial.trial_id, self.spec.overrides(trial.config),
+                         lambda name: store.checkpoint_rows(checkpoint.filesystem, checkpoint.path, name))
         except Exception as exc:  # noqa: BLE001 - the checkpoint keeps the rows; resume/sync collects them
             print(f"results.parquet: could not record {trial.trial_id} ({type(exc).__name__}: {exc}); its "
                   "checkpoint keeps the rows, and `lth sweep resume` or `lth mlflow sync` collects them", flush=True)
@@ -294,12 +300,12 @@ def run(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None = Non
     if ident["tracking_uri"]:
         check_tracking_reach(ident["tracking_uri"])
     target = open_tracking(spec, ident)
-    table = store.SweepTable(spec.experiment, spec.name, ident["sweep_id"])
+    tables = store.sweep_tables(spec.experiment, spec.name, ident["sweep_id"], spec.kind)
     if resume:
-        store.collect(table, spec.overrides)
+        store.collect(tables, spec.overrides)
     claims = claims_actor(create=True)  # a named actor lives while its creator holds a handle
     trainable = _trainable(spec, target)
-    callbacks = [Progress(spec), ReleaseClaims(), Record(spec, table)]
+    callbacks = [Progress(spec), ReleaseClaims(), Record(spec, tables)]
     if resume:
         tuner = tune.Tuner.restore(spec.experiment, trainable, resume_errored=True, param_space=param_space(spec))
     else:
@@ -315,8 +321,8 @@ def run(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None = Non
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints)))
     results = tuner.fit()
     ray.kill(claims)
-    store.collect(table, spec.overrides)
+    store.collect(tables, spec.overrides)
     if target is not None:
         statuses = {Path(r.path).name[len(store.TRIAL_PREFIX):]: "FAILED" if r.error else "FINISHED" for r in results}
-        tracking.sync_folder(spec, target, table.table(), statuses)
+        tracking.sync_folder(spec, target, {name: t.table() for name, t in tables.items()}, statuses)
     return results
