@@ -72,6 +72,22 @@ def test_cases_and_unknown_metric(tmp_path):
     assert "search.metric: unknown metric 'ticket_acc' (did you mean 'ticket_accuracy'?)" in found
 
 
+def test_stability_sweeps_check_their_kind_metric_and_tracking(tmp_path):
+    raw = sweep_raw(tmp_path, kind="stabilty", tracking={"uri": 5, "enabled": "yes"})
+    found = "\n".join(problems(raw, tmp_path))
+    assert "kind: expected one of imp, stability, got 'stabilty' (did you mean 'stability'?)" in found
+    assert "tracking.uri: expected a string, got 5" in found
+    assert "tracking.enabled: expected true or false, got 'yes'" in found
+    raw = sweep_raw(tmp_path, kind="stability", space={"stability.level": [0, 1], "stability.bn": ["recompute"]},
+                    search={"algorithm": "optuna", "metric": "ticket_accuracy"})
+    assert "search.metric: unknown metric 'ticket_accuracy'" in "\n".join(problems(raw, tmp_path))
+    spec = parse_sweep(sweep_raw(tmp_path, kind="stability", space={"stability.level": [0, 2]},
+                                 base={**BASE, "stability": {"replicates": 2}}), "test")
+    # per trial: IMP up to the analysed level (no controls), then 2 pairs of copies; one shared dense run
+    iterations, dense, trainings = total_iterations(spec, spec.grid())
+    assert (dense, trainings, iterations) == (1, (0 + 4) + (2 + 4), 90 + 10 * 90)
+
+
 def test_grid_lists_trials_in_tunes_order_and_rewind_points_per_dense_run(tmp_path):
     raw = sweep_raw(tmp_path, cases=[{"train.warmup": "0it"}, {"train.warmup": "30it"}],
                     space={"train.lr": [1e-3, 3e-3], "imp.rewind_iter": ["0it", "30it"], "seed": [0]})

@@ -35,7 +35,7 @@ def _configs(spec: SweepSpec) -> list[Config]:
 def test_there_are_sweep_files():
     names = {f.name for f in FILES}
     assert {"quickstart.yaml", "lenet_mnist.yaml", "lr_sensitivity_vgg19.yaml", "lr_sensitivity_resnet20.yaml",
-            "rewind_sweep.yaml", "optuna_search.yaml"} <= names
+            "rewind_sweep.yaml", "optuna_search.yaml", "stability_lenet.yaml", "stability_resnet20.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -138,3 +138,39 @@ def test_optuna_search_samples_lr_warmup_and_rate():
     lo_lr, hi_lr = space["train.lr"].values
     assert lo_lr < spec.base.train.lr < hi_lr  # the paper's rate is inside the range
     assert spec.base.model.arch == "lenet_300_100" and spec.base.train.optimizer == "adam"
+
+
+def _stability_common(spec: SweepSpec) -> list[Config]:
+    assert spec.kind == "stability"
+    configs = _configs(spec)
+    assert sorted({c.seed for c in configs}) == [0, 1, 2]
+    for cfg in configs:
+        st = cfg.stability
+        assert (st.alpha_points, st.threshold, st.barrier, st.replicates) == (30, 0.02, "endpoints_mean", 3)
+        assert set(st.splits) == {"train", "test"}
+    assert total_iterations(spec, spec.grid())[1] == 3  # one dense run per seed, keeping every k
+    return configs
+
+
+def test_stability_lenet_is_the_lmc_papers_lenet_setting():
+    configs = _stability_common(_load("stability_lenet.yaml"))
+    assert sorted({_iterations(c, c.imp.rewind_iter) for c in configs})[0] == 0  # k from 0
+    assert {c.stability.level for c in configs} == {0, 15}
+    for cfg in configs:
+        assert (cfg.model.arch, cfg.data.dataset) == ("lenet_300_100", "mnist")
+        assert (cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size) == ("adam", 1.2e-3, 60)
+        assert _iterations(cfg, cfg.train.length) == 24_000
+        assert 0.034 < 0.8 ** max(c.stability.level for c in configs) < 0.036  # the paper's 3.5%
+
+
+def test_stability_resnet20_is_the_lmc_papers_resnet20_setting():
+    configs = _stability_common(_load("stability_resnet20.yaml"))
+    assert sorted({_iterations(c, c.imp.rewind_iter) for c in configs}) == [0, 100, 500, 2000, 5000]
+    assert {c.stability.level for c in configs} == {0, 8}  # dense; 0.8^8 = 16.8%, the paper's sparsity
+    for cfg in configs:
+        assert (cfg.model.arch, cfg.data.dataset) == ("resnet20", "cifar10")
+        assert (cfg.train.optimizer, cfg.train.lr, cfg.train.momentum) == ("sgd", 0.1, 0.9)
+        assert (cfg.train.batch_size, cfg.train.weight_decay, cfg.train.gamma) == (128, 1e-4, 0.1)
+        assert _iterations(cfg, cfg.train.length) == 160 * 390  # 160 epochs of the paper's 50K images
+        assert [_iterations(cfg, m) for m in cfg.train.milestones] == [80 * 390, 120 * 390]
+        assert (cfg.prune.scope, cfg.prune.rate_for("conv")) == ("global", 0.2)

@@ -9,12 +9,15 @@ import threading
 import pyarrow.parquet as pq
 import pytest
 import ray
+import yaml
 
 from orchestrator import tuner
 from orchestrator.cli import main
+from orchestrator.spec import parse_sweep
 from orchestrator.trial import TRAINING_LOG
 from tests.mlflow_helpers import Server, assert_level_with_parquet, history, rest, sweep_runs, tags
 from tests.sweep_helpers import BASE, read_log, sweep_spec, wait_for
+from trainables.stability import StabilityRun
 
 pytestmark = pytest.mark.slow
 
@@ -106,3 +109,50 @@ def test_a_retried_trial_continues_its_own_run(tmp_path, log, server):
     children = assert_level_with_parquet(server.url, "retried", tmp_path / "store" / "retried")
     (run,) = children.values()
     assert [s for s, _ in history(server.url, run["info"]["run_id"], "ticket/test_accuracy")] == [0, 1, 2, 3]
+
+
+@ray.remote(num_cpus=1)
+def direct_analysis(cfg, out):
+    """The same analysis without Tune, in a worker like a trial's (one CPU: the same floats)."""
+    return StabilityRun(cfg, out).run().to_pandas().sort_values(["split"])[["split", "instability"]].values.tolist()
+
+
+def test_a_stability_sweep_on_mnist5k_lands_in_parquet_and_mlflow(tmp_path, log, server):
+    """LeNet on real digits, k = 0 and 100, dense and IMP level 1, through Ray Tune."""
+    spec = parse_sweep(raw := {
+        "name": "lmc", "kind": "stability", "storage": str(tmp_path / "store"),
+        "base": {"preset": "quickstart", "train": {"length": "300it"}, "runtime": {"device": "cpu"},
+                 "stability": {"replicates": 1, "alpha_points": 6}},
+        "space": {"imp.rewind_iter": ["0it", "100it"], "stability.level": [0, 1]}}, "test", yaml.safe_dump(raw))
+    log.unlink(missing_ok=True)
+    results = tuner.run(spec, tracking_uri=server.url)
+    assert results.num_terminated == 4 and results.num_errors == 0
+    assert sum(e.get("variant") == "dense" for e in read_log(log)) == 1  # k and level never change the dense run
+
+    folder = tmp_path / "store" / "lmc"
+    summary = pq.read_table(folder / "stability_summary.parquet").to_pandas()
+    path = pq.read_table(folder / "stability.parquet").to_pandas()
+    assert len(summary) == 4 * 2 and len(path) == 4 * 6 * 2 and summary.trial_id.nunique() == 4
+    assert set(zip(summary.level, summary.rewind_iter)) == {(0, 0), (0, 100), (1, 0), (1, 100)}
+    assert (summary[summary.level == 0].weights_remaining == 1).all()
+    assert (summary[summary.level == 1].weights_remaining < 0.6).all()  # quickstart prunes 50% per level
+    assert (summary[["error_1", "error_2"]] < 0.3).all().all() and (summary.instability >= 0).all()
+    # A trial computes what the analysis computes on its own.
+    one = summary[(summary.level == 1) & (summary.rewind_iter == 100)].sort_values("split")
+    cfg = spec.trial_config({"imp.rewind_iter": "100it", "stability.level": 1})
+    assert ray.get(direct_analysis.remote(cfg, tmp_path / "direct")) == one[["split", "instability"]].values.tolist()
+
+    parent, children = sweep_runs(server.url, "lmc")
+    assert parent["info"]["status"] == "FINISHED" and len(children) == 4
+    files = {f["path"] for f in rest(server.url, "artifacts/list", run_id=parent["info"]["run_id"])["files"]}
+    assert {"stability.parquet", "stability_summary.parquet", "sweep.yaml"} <= files
+    for trial_id, run in children.items():
+        run_id = run["info"]["run_id"]
+        assert run["info"]["status"] == "FINISHED" and tags(run)["lth.kind"] == "trial"
+        for split in ("train", "test"):
+            row = summary[(summary.trial_id == trial_id) & (summary.split == split)].iloc[0]
+            assert history(server.url, run_id, f"{split}/instability") == [(0, row.instability)]
+            along = path[(path.trial_id == trial_id) & (path.split == split)].sort_values("alpha_index")
+            assert history(server.url, run_id, f"path/{split}_error_r0") == list(zip(along.alpha_index, along.error))
+        files = {f["path"] for f in rest(server.url, "artifacts/list", run_id=run_id)["files"]}
+        assert {"error_vs_alpha.png", "stability.csv", "stability_summary.csv"} <= files
