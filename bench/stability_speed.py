@@ -7,7 +7,7 @@ batch 60), and a small conv net (Conv-2 on CIFAR-shaped data, 3x32x32, or `--con
 registered net). Each measurement is repeated, alternating batched and sequential, and the median
 is kept.
 
-    python bench/stability_speed.py [--iters 1000] [--conv-iters 100] [--repeats 3] [--device auto]
+    python bench/stability_speed.py [--iters 500] [--conv-iters 50] [--repeats 3] [--device auto] [--threads N]
 
 Prints iterations/s (of both copies together) for both and their ratio (batched / sequential).
 """
@@ -70,13 +70,15 @@ def bench(arch: str, shape: list[int], iters: int, repeats: int, device: torch.d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=1000, help="LeNet iterations per copy")
-    parser.add_argument("--conv-iters", type=int, default=100, help="conv net iterations per copy")
+    parser.add_argument("--iters", type=int, default=500, help="LeNet iterations per copy")
+    parser.add_argument("--conv-iters", type=int, default=50, help="conv net iterations per copy")
     parser.add_argument("--conv", default="conv2", help="the conv net (a registered architecture)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (intra-op)")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
     print(f"two copies, batch 60, Adam, {args.repeats} repeats on {device} ({torch.get_num_threads()} threads), "
           f"torch {torch.__version__}")
     print(f"{'network':<28}{'iters':>7}{'batched it/s':>14}{'sequential it/s':>16}{'ratio':>8}")

@@ -15,7 +15,7 @@ from trainables.imp import DenseRun, ImpRun, Reporter, Start, derive_seed
 from trainables.masks import Mask, prunable_layers
 from trainables.models import MODELS, build_model
 from trainables.results import STABILITY_PATH_SCHEMA, append_rows
-from trainables.stability import (StabilityRun, alphas, analyse, instability, interpolate, path_metrics,
+from trainables.stability import (StabilityRun, alpha_grid, analyse, instability, interpolate, path_metrics,
                                   recompute_bn, train_twins)
 from trainables.train import evaluate, make_optimizer, train
 
@@ -39,6 +39,12 @@ def dense_start(cfg, out, mask=None):
     k = dense.iterations(cfg.imp.rewind_iter)
     dense.ensure([k])
     return dense, k, dense.state_at(k, mask)
+
+
+def random_mask(model, keep):
+    generator = torch.Generator().manual_seed(0)
+    return Mask({l.name: torch.rand(model.get_submodule(l.name).weight.shape, generator=generator) < keep
+                 for l in prunable_layers(model)})
 
 
 def states_equal(a, b):
@@ -65,7 +71,7 @@ class LogReg(nn.Module):
 
 
 def test_instability_of_a_curve_by_either_barrier():
-    a = alphas(5)
+    a = alpha_grid(5)
     assert a == [0.0, 0.25, 0.5, 0.75, 1.0]
     errors = [0.1, 0.2, 0.4, 0.3, 0.3]
     assert instability(errors, a, "endpoints_mean") == pytest.approx(0.4 - 0.2)
@@ -100,10 +106,7 @@ def test_twins_equal_ordinary_training_from_the_same_start(tmp_path, optimizer):
                     "train.weight_decay": 1e-3, "train.warmup": "30it", "train.milestones": ["45it"],
                     "imp.rewind_iter": "20it"})
     dense, k, _ = dense_start(cfg, tmp_path)
-    layers = prunable_layers(dense.new_model(0))
-    generator = torch.Generator().manual_seed(0)
-    mask = Mask({l.name: torch.rand(dense.new_model(0).get_submodule(l.name).weight.shape, generator=generator) < 0.7
-                 for l in layers})
+    mask = random_mask(dense.new_model(0), 0.7)
     start = dense.state_at(k, mask)
     model_before = copy.deepcopy(start.model.state_dict())
     optimizer_before = copy.deepcopy(start.optimizer.state_dict())
@@ -171,7 +174,7 @@ def test_a_convex_model_is_stable():
         assert pair.curve[f"{split}_error"][0] < 0.5  # it learned
         assert pair.instability(split, "endpoints_mean") < 0.005
         loss = pair.curve[f"{split}_loss"]
-        assert all(l <= (1 - a) * loss[0] + a * loss[-1] + 1e-5 for a, l in zip(pair.alphas, loss))
+        assert all(value <= (1 - a) * loss[0] + a * loss[-1] + 1e-5 for a, value in zip(pair.alphas, loss))
 
 
 def test_independently_initialised_networks_have_a_barrier():
@@ -182,7 +185,7 @@ def test_independently_initialised_networks_have_a_barrier():
         model = build_model(cfg.model, data.input_shape, data.num_classes, seed)
         train(model, make_optimizer(model, cfg.train), data, cfg.train, data_seed=seed)
         ends.append(model.state_dict())
-    points = alphas(11)
+    points = alpha_grid(11)
     curve = path_metrics(build_model(cfg.model, data.input_shape, data.num_classes, 2), ends, data, points, SPLITS,
                          1000)
     for split in SPLITS:
@@ -195,10 +198,7 @@ def test_independently_initialised_networks_have_a_barrier():
 
 def test_pruned_weights_stay_zero_along_the_path(tmp_path):
     cfg = config()
-    model = build_model(cfg.model, (1, 8, 8), 4, 0)
-    generator = torch.Generator().manual_seed(1)
-    mask = Mask({l.name: torch.rand(model.get_submodule(l.name).weight.shape, generator=generator) < 0.3
-                 for l in prunable_layers(model)})
+    mask = random_mask(build_model(cfg.model, (1, 8, 8), 4, 0), 0.3)
     dense, k, start = dense_start(cfg, tmp_path, mask)
     ends = train_twins(start, dense.data, cfg.train, (1, 2), k)
     pruned = {f"{n}.weight": ~keep for n, keep in mask.tensors.items()}
@@ -209,7 +209,7 @@ def test_pruned_weights_stay_zero_along_the_path(tmp_path):
 
     evaluated = dense.new_model(0)
     evaluated.register_forward_pre_hook(check)
-    points = alphas(7)
+    points = alpha_grid(7)
     path_metrics(evaluated, ends, dense.data, points, SPLITS, 1000)
     assert len(seen) == len(points) * len(SPLITS) and all(seen)
     for a in points:
@@ -321,9 +321,9 @@ def test_analysis_rows_resume_and_determinism(tmp_path, level):
     for row in summary.itertuples():  # the summary is the path's
         curve = path[(path.replicate == row.replicate) & (path.split == row.split)]
         errors = curve.error.tolist()
-        assert curve.alpha.tolist() == alphas(5)
+        assert curve.alpha.tolist() == alpha_grid(5)
         assert (row.error_1, row.error_2, row.max_error) == (errors[0], errors[-1], max(errors))
-        assert row.instability == instability(errors, alphas(5), "endpoints_mean")
+        assert row.instability == instability(errors, alpha_grid(5), "endpoints_mean")
         assert row.stable == (row.instability < 0.02) and row.barrier_kind == "endpoints_mean"
     assert summary.error_1.between(0, 0.6).all()
 

@@ -183,14 +183,14 @@ class StabilityConfig:
     """Linear mode connectivity of a network at the rewind iteration k (`imp.rewind_iter`): two copies
     trained from its state at k with different SGD noise, and the error along the line between them."""
 
-    level: int = 0  # 0: the dense network; L: IMP level L's mask (rewound to k), Frankle et al. 2020 (LMC), §4
-    alpha_points: int = 30  # Frankle et al. 2020 (LMC), §2: 30 evenly spaced alphas, both ends included
-    barrier: Literal["endpoints_mean", "linear"] = "endpoints_mean"  # LMC §2 / Entezari et al. 2022 (line between ends)
-    threshold: float = 0.02  # Frankle et al. 2020 (LMC), §2: stable when the instability is below 2%
+    level: int = 0  # 0: the dense network; L: IMP level L's mask at k (Frankle et al. 2020, "LMC": both studied)
+    alpha_points: int = 30  # LMC: 30 evenly spaced alphas, both ends included
+    barrier: Literal["endpoints_mean", "linear"] = "endpoints_mean"  # LMC / Entezari et al. 2022 (line between ends)
+    threshold: float = 0.02  # LMC: stable when the instability is below 2%
     bn: Literal["interpolate", "recompute"] = "interpolate"  # recompute: REPAIR (Jordan et al. 2023), Git Re-Basin
     bn_batches: int | None = None  # recompute only; None: one epoch of training batches (REPAIR)
-    replicates: int = 3  # Frankle et al. 2020 (LMC), §2: three pairs of data orders
-    splits: tuple[str, ...] = ("train", "test")  # Frankle et al. 2020 (LMC), §2: train and test instability
+    replicates: int = 3  # LMC: three pairs of data orders, reported as mean and standard deviation
+    splits: tuple[str, ...] = ("train", "test")  # LMC: train and test instability
 
     def problems(self) -> list[tuple[str, str]]:
         out = [] if self.level >= 0 else [("level", f"must be >= 0, got {self.level}")]

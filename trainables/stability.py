@@ -74,16 +74,15 @@ def train_twins(start: Start, data: Dataset, cfg: TrainConfig, data_seeds: Seque
     optimizer.load_state_dict(_stacked_optimizer_state(start.optimizer, leaves, copies))
     base = copy.deepcopy(start.model).to("meta").train()  # the structure only; tensors come from the stacks
 
-    def copy_loss(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(base, (p, b), (x,)), y)
-
-    losses = torch.vmap(copy_loss)
+    forward = torch.vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))
     batches = [data.train_batches(cfg.batch_size, seed) for seed in data_seeds]
 
     def loss(it: int) -> Tensor:
         xs, ys = zip(*(b(it) for b in batches))
-        # Summed, not averaged: each copy's gradient is exactly that of its own loss.
-        return losses(params, buffers, torch.stack(xs), torch.stack(ys)).sum()
+        logits = forward(params, buffers, torch.stack(xs)).flatten(0, 1)
+        # The sum of the copies' mean losses (one call: cheaper than under vmap), so each copy's
+        # gradient is exactly that of its own loss.
+        return F.cross_entropy(logits, torch.cat(ys), reduction="sum") / len(ys[0])
 
     run_steps(loss, optimizer, cfg, data.steps_per_epoch(cfg.batch_size), start=begin,
               keep_mask=start.mask.applier_for(params))
@@ -120,17 +119,19 @@ def recompute_bn(model: nn.Module, batches: Callable[[int], tuple[Tensor, Tensor
     model.train(was_training)
 
 
-def alphas(points: int) -> list[float]:
-    return [i / (points - 1) for i in range(points)]  # exact 0 and 1, unlike float32 linspace
+def alpha_grid(points: int) -> list[float]:
+    return [i / (points - 1) for i in range(points)]  # exactly 0 and 1 at the ends, unlike a float32 linspace
 
 
-def path_metrics(model: nn.Module, ends: Sequence[Mapping[str, Tensor]], data: Dataset, alpha: Sequence[float],
+def path_metrics(model: nn.Module, ends: Sequence[Mapping[str, Tensor]], data: Dataset, alphas: Sequence[float],
                  splits: Sequence[str], batch_size: int,
                  recompute: Callable[[nn.Module], None] | None = None) -> dict[str, list[float]]:
     """"{split}_error" and "{split}_loss" of the network interpolated between `ends` at each alpha, loaded
-    into `model` (its BatchNorm statistics re-estimated by `recompute` first, if given). One host read."""
+    into `model` (its BatchNorm statistics re-estimated by `recompute` first, if given). One host read.
+
+    `model` is overwritten: it must not be the module whose state dict is one of `ends`."""
     records = []
-    for a in alpha:
+    for a in alphas:
         model.load_state_dict(interpolate(*ends, a))
         if recompute is not None:
             recompute(model)
@@ -140,13 +141,13 @@ def path_metrics(model: nn.Module, ends: Sequence[Mapping[str, Tensor]], data: D
     return dict(zip([f"{s}_{m}" for s in splits for m in ("error", "loss")], columns))
 
 
-def instability(errors: Sequence[float], alpha: Sequence[float], barrier: str) -> float:
+def instability(errors: Sequence[float], alphas: Sequence[float], barrier: str) -> float:
     """`endpoints_mean` (Frankle et al. 2020): the largest error minus the mean of the ends' errors.
     `linear` (Entezari et al. 2022): the largest rise above the straight line between the ends' errors."""
     first, last = errors[0], errors[-1]
     if barrier == "endpoints_mean":
         return max(errors) - (first + last) / 2
-    return max(e - first - a * (last - first) for e, a in zip(errors, alpha))  # exactly 0 when the ends agree
+    return max(e - first - a * (last - first) for e, a in zip(errors, alphas))  # exactly 0 when the ends agree
 
 
 @dataclass
@@ -181,10 +182,11 @@ def analyse(start: Start, data: Dataset, cfg: Config, begin: int, data_seeds: tu
     recompute, bn_batches = None, None
     if st.bn == "recompute":
         bn_batches = st.bn_batches or data.steps_per_epoch(cfg.train.batch_size)  # None: one epoch
-        # The same batches for every alpha: the curve's steps are the path's, not the sample's.
+        # Every alpha, both ends included, so the barrier compares like with like; the same batches for
+        # each, so the curve's steps are the path's, not the sample's.
         batches = data.train_batches(cfg.train.batch_size, derive_seed(cfg.data_seed, "stability", "bn"))
         recompute = partial(recompute_bn, batches=batches, count=bn_batches)
-    points = alphas(st.alpha_points)
+    points = alpha_grid(st.alpha_points)
     curve = path_metrics(copy.deepcopy(start.model), ends, data, points, st.splits, cfg.runtime.eval_batch_size,
                          recompute)
     return Pair(tuple(data_seeds), ends, points, curve, bn_batches, seconds)
