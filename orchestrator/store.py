@@ -1,12 +1,13 @@
-"""A sweep's results table, `<sweep>/results.parquet`: one row per trial x level x variant.
+"""A sweep's tables: `<sweep>/results.parquet`, one row per trial x level x variant, and for
+stability sweeps `stability.parquet` and `stability_summary.parquet`.
 
-The columns are a trial's own rows (`trainables.results.LEVELS_SCHEMA`: identity, swept
-hyperparameters, results, timestamps) behind the sweep's: its name and id, the trial's id and
-the dotted overrides that made it. The driver is the table's only writer: after every level a
-trial checkpoints, the driver replaces that trial's rows with the checkpoint's and rewrites
-the table atomically (a temporary file renamed over the old one), so readers, pandas, DuckDB
-and polars included, always see a complete table. Trial checkpoints hold the same rows, so
-`collect` can rebuild the table from them (a resumed sweep does).
+The columns are a trial's own rows (`trainables.results`: identity, swept hyperparameters,
+results, timestamps) behind the sweep's: its name and id, the trial's id and the dotted
+overrides that made it. The driver is the tables' only writer: after every level (or
+replicate) a trial checkpoints, the driver replaces that trial's rows with the checkpoint's and
+rewrites the table atomically (a temporary file renamed over the old one), so readers, pandas,
+DuckDB and polars included, always see a complete table. Trial checkpoints hold the same rows,
+so `collect` can rebuild the tables from them (a resumed sweep does).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The Ray Tune trainable: one trial is one IMP run, reported and checkpointed after every level.
+"""The Ray Tune trainable: one trial is one IMP run (or, in a `kind: stability` sweep, one
+stability analysis), reported and checkpointed after every level (and replicate).
 
 A trial's IMP run directory lives on its node; after each level it goes to Tune as the
 trial's checkpoint (results, masks, the latest trained ticket: rewind states stay in the
