@@ -407,7 +407,7 @@ def _base(raw: Any, folder: Path, problems: list[str]) -> Config | None:
         overrides = {}
         for section, values in raw.items():
             if isinstance(values, Mapping):
-                overrides.update({f"{section}.{k}": v for k, v in _flatten(values).items()})
+                overrides.update({f"{section}.{k}": v for k, v in flatten(values).items()})
             else:
                 overrides[section] = values
         return load_config(None, preset, overrides)
@@ -416,11 +416,12 @@ def _base(raw: Any, folder: Path, problems: list[str]) -> Config | None:
         return None
 
 
-def _flatten(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys: {'train': {'lr': 0.1}} -> {'train.lr': 0.1}."""
     out = {}
     for k, v in raw.items():
         if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out

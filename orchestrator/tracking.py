@@ -191,13 +191,9 @@ def metrics_of(record: TrialRecord) -> dict[tuple[str, int], tuple[float, int]]:
 
 def flat_params(node: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested settings as MLflow params: dotted keys, string values (lists as JSON)."""
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, Mapping):
-            out.update(flat_params(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
-    return out
+    from orchestrator.spec import flatten
+
+    return {k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v) for k, v in flatten(node, prefix).items()}
 
 
 def _sparsity_csv(layers: Mapping[int, Mapping[str, tuple[int, int]]]) -> str:

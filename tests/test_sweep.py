@@ -11,23 +11,11 @@ import pytest
 import ray
 
 from orchestrator import tuner
-from orchestrator.trial import TRAINING_LOG
 from tests.sweep_helpers import BASE, COLUMNS, read_log, sweep_spec, trial_results, wait_for
 from trainables.config import config_hash
 from trainables.imp import ImpRun
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def log(tmp_path_factory):
-    """A local Ray whose workers append to a training log (workers inherit the driver's environment)."""
-    path = tmp_path_factory.mktemp("log") / "trainings.jsonl"
-    os.environ[TRAINING_LOG] = str(path)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield path
-    ray.shutdown()
-    del os.environ[TRAINING_LOG]
 
 
 @pytest.fixture

@@ -14,22 +14,11 @@ import yaml
 from orchestrator import tuner
 from orchestrator.cli import main
 from orchestrator.spec import parse_sweep
-from orchestrator.trial import TRAINING_LOG
 from tests.mlflow_helpers import Server, assert_level_with_parquet, history, rest, sweep_runs, tags
 from tests.sweep_helpers import BASE, read_log, sweep_spec, wait_for
 from trainables.stability import StabilityRun
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def log(tmp_path_factory):
-    path = tmp_path_factory.mktemp("log") / "trainings.jsonl"
-    os.environ[TRAINING_LOG] = str(path)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield path
-    ray.shutdown()
-    del os.environ[TRAINING_LOG]
 
 
 @pytest.fixture(scope="module")
