@@ -359,3 +359,18 @@ def test_a_directory_of_another_analysis_is_refused(tmp_path):
         StabilityRun(config(**{"stability.bn": "recompute"}), tmp_path)
     with pytest.raises(ConfigError, match="imp.rewind_iter: 60it is not before the end of training"):
         StabilityRun(config(**{"imp.rewind_iter": "60it"}), tmp_path / "late")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_an_analysis_on_cuda_keeps_pruned_weights_zero(tmp_path):
+    cfg = config(**{"runtime.device": "cuda", "stability.level": 1, "stability.replicates": 1,
+                    "stability.bn": "recompute"})
+    run = StabilityRun(cfg, tmp_path)
+    assert run.data.x_train.is_cuda
+    summary = run.run().to_pandas()
+    assert len(summary) == 2 and summary.instability.ge(0).all() and summary.error_1.between(0, 0.6).all()
+    start = run.start()
+    ends = train_twins(start, run.data, cfg.train, (1, 2), run.rewind_iter)
+    for name, keep in start.mask.tensors.items():
+        assert all((end[f"{name}.weight"][~keep.cuda()] == 0).all() for end in ends)
