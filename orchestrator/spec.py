@@ -21,6 +21,7 @@ before anything runs, and every problem is reported at once with the file, the k
     storage: runs/sweeps                # a local folder or a URI pyarrow understands (s3://bucket/lth)
     checkpoints: {keep: 1}              # Tune checkpoints kept per trial
     kind: imp                           # or stability: each trial analyses linear mode connectivity
+    masks_from: runs/sweeps/lenet       # stability: take IMP masks from this sweep's matching trials
     tracking: {uri: http://head:5000}   # MLflow; default: $MLFLOW_TRACKING_URI, else <storage>/mlflow.db
 """
 
@@ -111,6 +112,7 @@ class SweepSpec:
     keep_checkpoints: int = 1
     tracking: Tracking = Tracking()
     kind: Literal["imp", "stability"] = "imp"  # a trial is an IMP run, or a stability analysis (LMC)
+    masks_from: str | None = None  # stability: an IMP sweep folder whose trials' masks to analyse
 
     @property
     def is_uri(self) -> bool:
@@ -161,7 +163,7 @@ class SweepSpec:
 # loading and validation
 
 _TOP = {"name", "base", "space", "cases", "search", "resources", "max_concurrent", "max_failures", "storage",
-        "checkpoints", "tracking", "kind", "description"}
+        "checkpoints", "tracking", "kind", "masks_from", "description"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _URI_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file", "mock")
 
@@ -356,6 +358,10 @@ def parse_sweep(raw: Any, source: str, text: str = "", folder: Path = Path("."))
     if kind not in KINDS:
         problems.append(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}{_close(str(kind), KINDS)}")
     metrics = STABILITY_METRICS if kind == "stability" else METRICS
+    masks_from = raw.get("masks_from")
+    if masks_from is not None and (kind != "stability" or not isinstance(masks_from, str)):
+        problems.append(f"masks_from: an IMP sweep folder (a string) for a `kind: stability` sweep, got "
+                        f"{masks_from!r} in a {kind!r} sweep")
     if search.metric not in metrics and (search.algorithm == "optuna" or "metric" in (raw.get("search") or {})):
         problems.append(f"search.metric: unknown metric {search.metric!r}{_close(search.metric, metrics)}; "
                         f"{kind} trials report {', '.join(metrics)}")
@@ -388,7 +394,7 @@ def parse_sweep(raw: Any, source: str, text: str = "", folder: Path = Path("."))
         spec = SweepSpec(name=name, source=source, text=text or yaml.safe_dump(dict(raw), sort_keys=False),
                          base=base, space=tuple(space), cases=cases, search=search, resources=resources,
                          max_concurrent=max_concurrent, max_failures=max_failures, storage=storage,
-                         keep_checkpoints=keep, tracking=tracking, kind=kind)
+                         keep_checkpoints=keep, tracking=tracking, kind=kind, masks_from=masks_from)
         _check_combinations(spec, problems)
     if problems:
         raise ConfigError(source, problems)

@@ -12,6 +12,7 @@ so `collect` can rebuild the tables from them (a resumed sweep does).
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import torch
+import yaml
 
 from orchestrator.dense_cache import filesystem
+from trainables.config import Config, ConfigError, from_dict, to_dict
+from trainables.masks import Mask
 from trainables.results import LEVELS_SCHEMA, STABILITY_PATH_SCHEMA, STABILITY_SUMMARY_SCHEMA, write_atomic
 
 RESULTS_FILE = "results.parquet"
@@ -237,3 +242,32 @@ def summary(table: pa.Table) -> tuple[list[str], list[dict[str, Any]]]:
         row["dense_mean"], row["dense_std"] = ref["mean"], ref["std"]
     ordered = [row for _, row in sorted(rows.items(), key=lambda item: tuple(map(str, item[0][:-1])) + (item[0][-1],))]
     return keys, _clean(ordered)
+
+
+def _ticket_identity(cfg: Config) -> dict[str, Any]:
+    """What decides an IMP run's masks: all but how many levels it runs, its controls, which weights it
+    keeps, the stability section and the runtime (controls draw their own seeds: they never touch a ticket)."""
+    raw = to_dict(cfg)
+    del raw["runtime"], raw["stability"]
+    raw["imp"] = {"rewind_iter": raw["imp"]["rewind_iter"]}
+    return raw
+
+
+def find_mask(directory: str, cfg: Config, level: int) -> tuple[str, Mask] | None:
+    """(trial id, mask) of level `level` from a trial of the IMP sweep in `directory` that computes the
+    same masks as `cfg`, or None if no trial there has it."""
+    wanted = _ticket_identity(cfg)
+    for trial in stored_trials(directory).values():
+        if trial.checkpoint is None:
+            continue
+        try:
+            with trial.fs.open_input_stream(f"{trial.checkpoint}/config.yaml") as f:
+                stored = from_dict(yaml.safe_load(f.read()), f"{trial.checkpoint}/config.yaml")
+            if _ticket_identity(stored) != wanted:
+                continue
+            with trial.fs.open_input_file(f"{trial.checkpoint}/checkpoints/level_{level:03d}/mask.pt") as f:
+                state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        except (OSError, ValueError, ConfigError, yaml.YAMLError):
+            continue  # not this trial: another config, or it has not reached `level`
+        return trial.trial_id, Mask.from_state(state)
+    return None

@@ -146,6 +146,7 @@ class TrialRecord:
     layers: dict[int, dict[str, tuple[int, int]]] = field(default_factory=dict)  # level -> layer -> (kept, total)
     final_mask: Mapping[str, tuple[tuple[int, ...], Any]] | None = None  # the bit-packed mask state
     status: str | None = None  # FINISHED / FAILED / KILLED once the trial stopped
+    tags: dict[str, str] = field(default_factory=dict)  # more tags for its run (where its mask came from)
 
     @property
     def progress(self) -> int:
@@ -296,7 +297,8 @@ def _child_run(mlflow_client, target: Target, record: TrialRecord) -> str:
         "mlflow.parentRunId": target.parent_run_id, "lth.kind": "trial", "lth.sweep": target.sweep,
         "lth.sweep_id": target.sweep_id, "lth.trial_id": record.trial_id, "lth.config_hash": config_hash(cfg),
         "lth.dense_hash": dense_hash(cfg), "lth.arch": cfg.model.arch, "lth.dataset": cfg.data.dataset,
-        "lth.overrides": json.dumps(dict(record.overrides), sort_keys=True), "lth.version": _version()}).info.run_id
+        "lth.overrides": json.dumps(dict(record.overrides), sort_keys=True), "lth.version": _version(),
+        **record.tags}).info.run_id
 
 
 def sync_trial(mlflow_client, target: Target, record: TrialRecord, state: RunState) -> None:

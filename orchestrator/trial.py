@@ -25,10 +25,11 @@ from ray import tune
 
 from orchestrator.dense_cache import DenseStore, acquire
 from orchestrator.spec import SweepSpec
-from orchestrator.store import RESULTS_FILE, RUN_TABLES, progress
+from orchestrator.store import RESULTS_FILE, RUN_TABLES, TRIAL_PREFIX, find_mask, progress
 from orchestrator.tracking import Target, TrialLog, TrialRecord, read_masks
 from trainables.config import Config, config_hash, dense_hash
 from trainables.imp import ImpRun, Reporter
+from trainables.masks import Mask
 from trainables.results import LEVELS_SCHEMA, read_table
 from trainables.stability import StabilityRun
 
@@ -108,7 +109,7 @@ class TrialReporter(Reporter):
         self.masks_read: set[int] = set()
         self.log = os.environ.get(TRAINING_LOG)
 
-    def _log(self, event: str, **fields: Any) -> None:
+    def event(self, event: str, **fields: Any) -> None:
         if self.log:
             entry = {"event": event, "trial": self.trial_id, "config_hash": config_hash(self.cfg),
                      "dense_hash": dense_hash(self.cfg), **fields, "node": ray.get_runtime_context().get_node_id(),
@@ -117,15 +118,15 @@ class TrialReporter(Reporter):
                 f.write(json.dumps(entry) + "\n")
 
     def training(self, level: int, variant: str, start: int, end: int, weights_remaining: float) -> None:
-        self._log("training", level=level, variant=variant, start=start, end=end)
+        self.event("training", level=level, variant=variant, start=start, end=end)
 
     def level_done(self, level: int, rows: list[dict[str, Any]]) -> None:
         self.report()
-        self._log("level_done", level=level)
+        self.event("level_done", level=level)
 
     def analysed(self, replicate: int, summary_rows: list[dict[str, Any]], path_rows: list[dict[str, Any]]) -> None:
         self.report()
-        self._log("analysed", level=self.cfg.stability.level, replicate=replicate)
+        self.event("analysed", level=self.cfg.stability.level, replicate=replicate)
 
     def track(self) -> dict[str, list[dict[str, Any]]]:
         """Hand the run's tables (and masks not yet read) to the MLflow logger; returns the tables."""
@@ -167,6 +168,18 @@ def restore(workdir: Path) -> int:
     return progress(known.filesystem, known.path) if known else 0
 
 
+def given_mask(spec: SweepSpec, cfg: Config, reporter: TrialReporter) -> Mask | None:
+    """The analysed level's mask from the IMP sweep `masks_from`, if one of its trials has it."""
+    if not (spec.masks_from and cfg.stability.level):
+        return None
+    found = find_mask(spec.masks_from, cfg, cfg.stability.level)
+    source = f"{spec.masks_from}/{TRIAL_PREFIX}{found[0]}" if found else "computed (no matching trial in masks_from)"
+    reporter.event("mask", source=source)
+    if reporter.tracking is not None:
+        reporter.tracking.record.tags["lth.mask_source"] = source
+    return found[1] if found else None
+
+
 def run_trial(config: Mapping[str, Any], spec: SweepSpec, rewind_points: Mapping[str, list[str]],
               target: Target | None) -> None:
     """The Tune function trainable (bound to the sweep with `tune.with_parameters`); `target`: the
@@ -184,7 +197,10 @@ def run_trial(config: Mapping[str, Any], spec: SweepSpec, rewind_points: Mapping
     try:
         points = [*rewind_points.get(dense_hash(cfg), []), cfg.imp.rewind_iter]
         dense_dir = acquire(cfg, points, DenseStore(spec.storage), trial_id, reporter)
-        run = (ImpRun if spec.kind == "imp" else StabilityRun)(cfg, workdir, reporter, dense_dir=dense_dir)
+        if spec.kind == "imp":
+            run = ImpRun(cfg, workdir, reporter, dense_dir=dense_dir)
+        else:
+            run = StabilityRun(cfg, workdir, reporter, dense_dir=dense_dir, mask=given_mask(spec, cfg, reporter))
         if progress(pafs.LocalFileSystem(), str(workdir)) > tune_knows:  # what Tune lost with a killed driver
             reporter.report()
         else:

@@ -294,6 +294,10 @@ def run(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None = Non
     """Run the sweep (or, with `resume`, finish an interrupted one) on the connected Ray cluster."""
     if not spec.is_uri:  # absolute: trials run in other working directories
         spec = dataclasses.replace(spec, storage=filesystem(spec.storage)[1])
+    if spec.masks_from:
+        load_saved_spec(spec.masks_from)  # a sweep folder, or a ConfigError saying what it is not
+        if "://" not in spec.masks_from:
+            spec = dataclasses.replace(spec, masks_from=filesystem(spec.masks_from)[1])
     if not resume:
         save_spec(spec)
     ident = identity(spec, tracking_uri)

@@ -145,3 +145,30 @@ def test_a_stability_sweep_on_mnist5k_lands_in_parquet_and_mlflow(tmp_path, log,
             assert history(server.url, run_id, f"path/{split}_error_r0") == list(zip(along.alpha_index, along.error))
         files = {f["path"] for f in rest(server.url, "artifacts/list", run_id=run_id)["files"]}
         assert {"error_vs_alpha.png", "stability.csv", "stability_summary.csv"} <= files
+
+
+def test_a_stability_sweep_analyses_the_masks_of_a_finished_imp_sweep(tmp_path, log, server):
+    """`masks_from`: the IMP sweep's level-1 mask is analysed as is (no IMP level retrained), with the
+    same result as computing it on the fly."""
+    store = tmp_path / "store"
+    imp = sweep_spec(store, name="imp", space={"imp.rewind_iter": ["30it"]})  # 3 levels, reinit control
+    assert tuner.run(imp, tracking_uri=server.url).num_terminated == 1
+    stability = {"kind": "stability", "space": {"imp.rewind_iter": ["30it"], "stability.level": [1]},
+                 "base": {**BASE, "stability": {"replicates": 1, "alpha_points": 4}}}
+    log.unlink(missing_ok=True)
+    reused = sweep_spec(store, name="reused", masks_from=str(store / "imp"), **stability)
+    assert tuner.run(reused, tracking_uri=server.url).num_terminated == 1
+    entries = read_log(log)
+    assert [e["variant"] for e in entries if e["event"] == "training"] == ["twins"]  # no dense, no IMP level
+    (mask_entry,) = [e for e in entries if e["event"] == "mask"]
+    assert mask_entry["source"].startswith(str(store / "imp" / "trial_"))
+    computed = sweep_spec(store, name="computed", **stability)
+    assert tuner.run(computed, tracking_uri=server.url).num_terminated == 1
+
+    def instability(name):
+        table = pq.read_table(store / name / "stability_summary.parquet").to_pandas().sort_values("split")
+        return table[["split", "weights_remaining", "instability", "error_1", "error_2"]].values.tolist()
+
+    assert instability("reused") == instability("computed")
+    _, children = sweep_runs(server.url, "reused")
+    assert tags(next(iter(children.values())))["lth.mask_source"] == mask_entry["source"]

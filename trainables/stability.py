@@ -205,19 +205,22 @@ class StabilityRun(Trainer):
 
     The network is the dense one (`stability.level` 0) or IMP level L's subnetwork, at the rewind
     iteration k (`imp.rewind_iter`); the IMP run rewinds to k too. `dense_dir`: a shared dense run.
-    `trainings` counts training runs started: the dense run's, the IMP run's, one per replicate.
+    `mask`: level L's mask when the caller has it (from a finished IMP run of the same config, which
+    computed the same mask); else an IMP run in `out/imp` finds it. `trainings` counts training runs
+    started: the dense run's, the IMP run's, one per replicate.
     """
 
     def __init__(self, cfg: Config, out: str | Path, reporter: Reporter | None = None,
-                 dense_dir: str | Path | None = None):
+                 dense_dir: str | Path | None = None, mask: Mask | None = None):
         super().__init__(cfg, reporter)
         self.out = Path(out)
         _claim(self.out / "config.yaml", cfg, [f.name for f in fields(cfg)], analysis_name)
         self.dense = DenseRun(cfg, self.out / "dense" if dense_dir is None else dense_dir, reporter, self.data)
         self.rewind_iter = self.rewind_iteration(self.out / "config.yaml")
         level = cfg.stability.level
+        self.given_mask = mask
         self.imp = ImpRun(cfg.with_updates({"imp.levels": level, "imp.controls": []}), self.out / "imp", reporter,
-                          self.dense.out, self.data) if level else None
+                          self.dense.out, self.data) if level and mask is None else None
 
     @property
     def path_file(self) -> Path:
@@ -233,7 +236,7 @@ class StabilityRun(Trainer):
     def start(self) -> Start:
         """The network and optimiser at k under the level's mask, training whatever is missing first."""
         self.dense.ensure([self.rewind_iter])
-        mask = Mask({})
+        mask = self.given_mask or Mask({})
         if self.imp is not None:
             self.imp.run()
             mask = self.imp.mask(self.cfg.stability.level)
