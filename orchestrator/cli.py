@@ -25,8 +25,8 @@ def _table_line(values: Sequence[Any]) -> str:
 class TableReporter:
     """Prints a row per level and variant as it finishes; a live progress line on a terminal."""
 
-    def __init__(self, stream=sys.stdout, progress=None):
-        self.stream = stream
+    def __init__(self, stream=None, progress=None):
+        self.stream = stream or sys.stdout  # the current one: tests capture it
         self.progress = progress if progress is not None else sys.stderr.isatty()
         self.header = False
 
@@ -48,6 +48,14 @@ class TableReporter:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
         for row in rows:
             print(_table_line([row[k] for k in _KEYS]), file=self.stream, flush=True)
+
+    def analysed(self, replicate: int, summary_rows: list[dict[str, Any]], path_rows: list[dict[str, Any]]) -> None:
+        if self.progress:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+        for r in summary_rows:
+            print(f"pair {replicate} {r['split']:<5}  ends {r['error_1']:.2%} / {r['error_2']:.2%} error, max along "
+                  f"the path {r['max_error']:.2%}: instability {r['instability']:.2%} "
+                  f"({'stable' if r['stable'] else 'unstable'} at {r['threshold']:.0%})", file=self.stream, flush=True)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -75,6 +83,35 @@ def cmd_imp(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     print(f"done: {table.num_rows} rows in {out / 'results.parquet'}")
+    return 0
+
+
+def cmd_stability(args: argparse.Namespace) -> int:
+    from trainables.stability import StabilityRun, analysis_name
+
+    cfg = _load(args)
+    out = Path(args.out) if args.out else Path("runs") / analysis_name(cfg)
+    if args.dry_run:
+        print(dump_config(cfg), end="")
+        print(f"# analysis name: {analysis_name(cfg)}\n# output:        {out}")
+        return 0
+    run = StabilityRun(cfg, out, TableReporter())
+    st = cfg.stability
+    network = "the dense network" if st.level == 0 else f"IMP level {st.level}'s subnetwork"
+    print(f"stability analysis {analysis_name(cfg)} -> {out}\n{network} at k = {run.rewind_iter}: "
+          f"{st.replicates} pair(s) of copies trained to {run.end_iter} on {run.device}, {st.alpha_points} alphas; "
+          f"finished pairs: {run.finished_replicates() or 'none'}")
+    try:
+        table = run.run().to_pylist()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished pairs are kept in {out}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    for split in st.splits:
+        values = [r["instability"] for r in table if r["split"] == split]
+        mean = sum(values) / len(values)
+        print(f"{split}: instability {mean:.2%} (mean of {len(values)}), {'stable' if mean < st.threshold else 'unstable'}")
+    print(f"done: {out / 'stability_summary.parquet'}, {out / 'stability.parquet'}")
     return 0
 
 
@@ -344,6 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", help="run directory (default runs/<arch>-<dataset>-<config hash>)")
     imp.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     imp.set_defaults(func=cmd_imp)
+
+    stab = sub.add_parser("stability", help="one stability (linear mode connectivity) analysis in this process: "
+                                            "the network at k = imp.rewind_iter, dense or stability.level L")
+    _config_arguments(stab)
+    stab.add_argument("--out", help="analysis directory (default runs/<arch>-<dataset>-<stability hash>)")
+    stab.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    stab.set_defaults(func=cmd_stability)
 
     sweep = sub.add_parser("sweep", help="sweeps of IMP runs on Ray Tune").add_subparsers(dest="sweep_command",
                                                                                         required=True)

@@ -71,3 +71,21 @@ def test_quickstart_end_to_end(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert f"finished levels: {list(range(levels + 1))}" in again  # resuming a finished run trains nothing
     assert len(pq.read_table(out / "results.parquet")) == len(table)
+
+
+def test_lth_stability_runs_one_analysis_and_resumes_it(tmp_path, capsys):
+    args = ["stability", "--set", "data.dataset=synthetic", "--set", "data.shape=[1,8,8]", "--set", "data.num_classes=4",
+            "--set", "data.train_size=300", "--set", "data.test_size=100", "--set", "train.length=40it",
+            "--set", "train.batch_size=30", "--set", "train.eval_every=20it", "--set", "runtime.device=cpu",
+            "--set", "imp.rewind_iter=10it", "--set", "stability.level=1", "--set", "stability.replicates=2",
+            "--set", "stability.alpha_points=4", "--out", str(tmp_path / "lmc")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "IMP level 1's subnetwork at k = 10: 2 pair(s) of copies" in out
+    assert out.count("pair 0 ") == 2 and out.count("pair 1 ") == 2  # train and test splits
+    assert "train: instability" in out and "test: instability" in out
+    summary = pq.read_table(tmp_path / "lmc" / "stability_summary.parquet").to_pandas()
+    assert len(summary) == 4 and (summary.rewind_iter == 10).all() and (summary.weights_remaining < 1).all()
+    assert main(args) == 0  # everything is there: nothing is trained again
+    out = capsys.readouterr().out
+    assert "finished pairs: [0, 1]" in out and "pair 0" not in out and "ticket" not in out
