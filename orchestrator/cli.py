@@ -192,7 +192,7 @@ def _print_table(header: list[str], lines: list[list[str]]) -> None:
 def cmd_results(args: argparse.Namespace) -> int:
     from orchestrator import store
 
-    stability = store.read_results(args.dir, "stability_summary.parquet")
+    stability = store.read_results(args.dir, store.SUMMARY_FILE)
     table = stability if stability.num_rows else store.read_results(args.dir)
     if table.num_rows == 0:
         raise ConfigError(args.dir, [f"no rows in {args.dir}/{store.RESULTS_FILE} (or stability_summary.parquet): "
@@ -313,7 +313,7 @@ def cmd_mlflow_sync(args: argparse.Namespace) -> int:
         raise ConfigError(args.dir, ["this sweep has no MLflow store; pass --tracking-uri http://HOST:PORT"])
     tables = store.sweep_tables(spec.experiment, spec.name, ident["sweep_id"], spec.kind)
     store.collect(tables, spec.overrides)
-    commit = tables[store.RESULTS_FILE if spec.kind == "imp" else "stability_summary.parquet"].table().to_pylist()
+    commit = tables[store.RESULTS_FILE if spec.kind == "imp" else store.SUMMARY_FILE].table().to_pylist()
     done: dict[str, set] = {}
     for row in commit:
         done.setdefault(row["trial_id"], set()).add(row["level"] if spec.kind == "imp" else row["replicate"])

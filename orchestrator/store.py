@@ -30,7 +30,7 @@ from trainables.config import Config, ConfigError, from_dict, to_dict
 from trainables.masks import Mask
 from trainables.results import LEVELS_SCHEMA, STABILITY_PATH_SCHEMA, STABILITY_SUMMARY_SCHEMA, write_atomic
 
-RESULTS_FILE = "results.parquet"
+RESULTS_FILE, PATH_FILE, SUMMARY_FILE = "results.parquet", "stability.parquet", "stability_summary.parquet"
 TRIAL_PREFIX = "trial_"  # a trial's folder in the sweep folder: trial_<Tune's trial id>
 SWEEP_COLUMNS = [
     ("sweep", pa.string()),  # the sweep's name (its folder)
@@ -40,8 +40,7 @@ SWEEP_COLUMNS = [
 ]
 # The tables a trial's run directory holds (IMP runs: results; stability analyses: the other two),
 # each gathered into a sweep table of the same name with the sweep columns in front.
-RUN_TABLES = {RESULTS_FILE: LEVELS_SCHEMA, "stability.parquet": STABILITY_PATH_SCHEMA,
-              "stability_summary.parquet": STABILITY_SUMMARY_SCHEMA}
+RUN_TABLES = {RESULTS_FILE: LEVELS_SCHEMA, PATH_FILE: STABILITY_PATH_SCHEMA, SUMMARY_FILE: STABILITY_SUMMARY_SCHEMA}
 SWEEP_SCHEMAS = {name: pa.schema([*SWEEP_COLUMNS, *schema]) for name, schema in RUN_TABLES.items()}
 SWEEP_SCHEMA = SWEEP_SCHEMAS[RESULTS_FILE]
 
@@ -162,7 +161,7 @@ def progress(fs: pafs.FileSystem, path: str) -> int:
     """Committed rows in a run directory, IMP levels of a stability analysis included: grows with every
     level or replicate, so the larger of two copies of a trial's directory is the more advanced."""
     total = 0
-    for name in (RESULTS_FILE, f"imp/{RESULTS_FILE}", "stability_summary.parquet"):
+    for name in (RESULTS_FILE, f"imp/{RESULTS_FILE}", SUMMARY_FILE):
         try:
             with fs.open_input_file(f"{path}/{name}") as f:
                 total += pq.read_metadata(f).num_rows

@@ -1,10 +1,11 @@
 """MLflow: a view of a sweep's Parquet record, for browsing and comparing runs in the MLflow UI.
 
-One MLflow run per sweep (the parent: the sweep file, its results table, report figures) and
-one child run per trial, nested under it: the trial's resolved config as params, per-level
-metrics with step = level (`ticket/test_accuracy`, `reinit/test_accuracy`, `weights_remaining`,
-...), tags, and artifacts (its results table, per-layer sparsity, the final mask, a plot of
-accuracy against weights remaining).
+One MLflow run per sweep (the parent: the sweep file, its tables, report figures) and one child
+run per trial, nested under it: the trial's resolved config as params, tags, metrics and
+artifacts. An IMP trial logs per-level metrics with step = level (`ticket/test_accuracy`,
+`reinit/test_accuracy`, `weights_remaining`, ...), its results table, per-layer sparsity, the
+final mask and a plot of accuracy against weights remaining; a stability analysis logs the
+error along the path (step = alpha index), the instability per pair of copies and a plot.
 
 Every write goes through `sync_trial`, which brings a child run level with a trial's rows and
 logs only what is missing. Trials call it after every level from a background thread (a slow
@@ -30,6 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from orchestrator.store import PATH_FILE, RESULTS_FILE, RUN_TABLES, SUMMARY_FILE, stored_trials
 from trainables.config import Config, to_dict
 
 SWEEP_FILE_JSON = "sweep.json"  # the sweep's id and MLflow location, beside sweep.yaml
@@ -110,28 +112,29 @@ def _find_run(mlflow_client, experiment: str, **tags: str):
     return runs[0] if runs else None
 
 
+def _log_params(mlflow_client, run_id: str, params: Mapping[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow's batch limit
+        mlflow_client.log_batch(run_id, params=items[i:i + 100])
+
+
 def parent_run(mlflow_client, experiment: str, sweep: str, sweep_id: str, sweep_text: str,
                params: Mapping[str, str]) -> str:
     """The sweep's run: found by its sweep id (a resumed sweep, a sync), else created."""
-    from mlflow.entities import Param
-
     run = _find_run(mlflow_client, experiment, **{"lth.sweep_id": sweep_id, "lth.kind": "sweep"})
     if run is not None:
         return run.info.run_id
     run = mlflow_client.create_run(experiment, run_name=sweep, tags={
         "lth.kind": "sweep", "lth.sweep": sweep, "lth.sweep_id": sweep_id, "lth.version": _version()})
-    items = [Param(k, v) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        mlflow_client.log_batch(run.info.run_id, params=items[i:i + 100])
+    _log_params(mlflow_client, run.info.run_id, params)
     mlflow_client.log_text(run.info.run_id, sweep_text, "sweep.yaml")
     return run.info.run_id
 
 
 # ---------------------------------------------------------------------------------------------
 # one trial's run
-
-
-RESULTS, PATH, SUMMARY = "results.parquet", "stability.parquet", "stability_summary.parquet"
 
 
 @dataclass
@@ -151,7 +154,7 @@ class TrialRecord:
     @property
     def progress(self) -> int:
         """Rows of the trial's commit record: grows with every level (replicate, for an analysis)."""
-        return len(self.tables.get(RESULTS if self.kind == "imp" else SUMMARY, []))
+        return len(self.tables.get(RESULTS_FILE if self.kind == "imp" else SUMMARY_FILE, []))
 
     @property
     def run_name(self) -> str:
@@ -171,17 +174,17 @@ def metrics_of(record: TrialRecord) -> dict[tuple[str, int], tuple[float, int]]:
     Stability analyses: `path/{split}_error_r{replicate}` (and `_loss`) with step = alpha index, and
     `{split}/instability`, `{split}/endpoint_error`, `{split}/stable` with step = replicate."""
     out: dict[tuple[str, int], tuple[float, int]] = {}
-    for row in record.tables.get(RESULTS, []) if record.kind == "imp" else []:
+    for row in record.tables.get(RESULTS_FILE, []) if record.kind == "imp" else []:
         variants = ["dense", "ticket"] if row["variant"] == "dense" else [row["variant"]]
         for variant in variants:
             for column in METRIC_COLUMNS:
                 if row[column] is not None:
                     out[(f"{variant}/{column}", row["level"])] = (float(row[column]), _stamp(row))
         out[("weights_remaining", row["level"])] = (float(row["weights_remaining"]), _stamp(row))
-    for row in record.tables.get(PATH, []):
+    for row in record.tables.get(PATH_FILE, []):
         for column in ("error", "loss"):
             out[(f"path/{row['split']}_{column}_r{row['replicate']}", row["alpha_index"])] = (row[column], _stamp(row))
-    for row in record.tables.get(SUMMARY, []):
+    for row in record.tables.get(SUMMARY_FILE, []):
         step, split = row["replicate"], row["split"]
         out[(f"{split}/instability", step)] = (row["instability"], _stamp(row))
         out[(f"{split}/endpoint_error", step)] = ((row["error_1"] + row["error_2"]) / 2, _stamp(row))
@@ -207,8 +210,6 @@ def _sparsity_csv(layers: Mapping[int, Mapping[str, tuple[int, int]]]) -> str:
 def _rows_csv(rows: Sequence[Mapping[str, Any]], name: str) -> bytes:
     import pyarrow as pa
     import pyarrow.csv as pacsv
-
-    from orchestrator.store import RUN_TABLES
 
     buffer = io.BytesIO()
     pacsv.write_csv(pa.Table.from_pylist(list(rows), schema=RUN_TABLES[name]), buffer)
@@ -304,7 +305,7 @@ def _child_run(mlflow_client, target: Target, record: TrialRecord) -> str:
 def sync_trial(mlflow_client, target: Target, record: TrialRecord, state: RunState) -> None:
     """Make the trial's child run show `record`, logging only what it lacks. On any error `state` is
     reset, so the next call asks the server what it has instead of trusting this process's memory."""
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric
 
     try:
         if state.run_id is None:
@@ -318,10 +319,9 @@ def sync_trial(mlflow_client, target: Target, record: TrialRecord, state: RunSta
                             for m in mlflow_client.get_metric_history(run_id, key)}
             if run.info.status != "RUNNING" and record.status is None:
                 mlflow_client.update_run(run_id, status="RUNNING")  # a retried trial or a resumed sweep
-        params = [Param(k, v) for k, v in flat_params(to_dict(record.cfg)).items() if k not in state.params]
-        for i in range(0, len(params), 100):  # MLflow's batch limits
-            mlflow_client.log_batch(run_id, params=params[i:i + 100])
-        state.params |= {p.key for p in params}
+        params = {k: v for k, v in flat_params(to_dict(record.cfg)).items() if k not in state.params}
+        _log_params(mlflow_client, run_id, params)
+        state.params |= set(params)
         missing = [Metric(k, v, stamp, step) for (k, step), (v, stamp) in sorted(wanted.items())
                    if (k, step) not in state.logged]
         for i in range(0, len(missing), 1000):
@@ -342,13 +342,13 @@ def sync_trial(mlflow_client, target: Target, record: TrialRecord, state: RunSta
 def _log_artifacts(mlflow_client, run_id: str, record: TrialRecord) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if record.kind == "imp":
-            rows = record.tables.get(RESULTS, [])
-            files = {"results.csv": _rows_csv(rows, RESULTS),
+            rows = record.tables.get(RESULTS_FILE, [])
+            files = {"results.csv": _rows_csv(rows, RESULTS_FILE),
                      "accuracy_vs_weights_remaining.png": accuracy_plot(rows, record.run_name)}
         else:
-            files = {"stability.csv": _rows_csv(record.tables.get(PATH, []), PATH),
-                     "stability_summary.csv": _rows_csv(record.tables.get(SUMMARY, []), SUMMARY),
-                     "error_vs_alpha.png": error_plot(record.tables.get(PATH, []), record.run_name)}
+            files = {"stability.csv": _rows_csv(record.tables.get(PATH_FILE, []), PATH_FILE),
+                     "stability_summary.csv": _rows_csv(record.tables.get(SUMMARY_FILE, []), SUMMARY_FILE),
+                     "error_vs_alpha.png": error_plot(record.tables.get(PATH_FILE, []), record.run_name)}
         if record.layers:
             files["sparsity.csv"] = _sparsity_csv(record.layers).encode()
         if record.final_mask is not None:
@@ -515,9 +515,7 @@ def sync_folder(spec, target: Target, tables: Mapping[str, Any], statuses: Mappi
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    from orchestrator import store
-
-    trials = store.stored_trials(spec.experiment)
+    trials = stored_trials(spec.experiment)
 
     def masks(trial_id: str, cfg: Config) -> dict[int, Any]:
         trial = trials.get(trial_id)

@@ -25,7 +25,7 @@ from ray import tune
 
 from orchestrator.dense_cache import DenseStore, acquire
 from orchestrator.spec import SweepSpec
-from orchestrator.store import RESULTS_FILE, RUN_TABLES, TRIAL_PREFIX, find_mask, progress
+from orchestrator.store import PATH_FILE, RESULTS_FILE, RUN_TABLES, SUMMARY_FILE, TRIAL_PREFIX, find_mask, progress
 from orchestrator.tracking import Target, TrialLog, TrialRecord, read_masks
 from trainables.config import Config, config_hash, dense_hash
 from trainables.imp import ImpRun, Reporter
@@ -36,7 +36,7 @@ from trainables.stability import StabilityRun
 # Set to a file path to append a JSON line per training run started and per level finished (with
 # the node and process): an audit trail that shows that retries and resumes never repeat work.
 TRAINING_LOG = "LTH_TRAINING_LOG"
-PATH_FILE, SUMMARY_FILE, IMP_RESULTS = "stability.parquet", "stability_summary.parquet", f"imp/{RESULTS_FILE}"
+IMP_RESULTS = f"imp/{RESULTS_FILE}"  # a stability analysis's IMP run
 
 
 def _level_summary(rows: list[dict[str, Any]], level: int) -> dict[str, Any]:
