@@ -56,8 +56,9 @@ def _version() -> str:
 def client(uri: str):
     for key, value in _HTTP_ENV.items():
         os.environ.setdefault(key, value)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # not a line per database migration
     from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # after the import, which sets it: no migration lines
 
     return MlflowClient(tracking_uri=uri)
 
@@ -327,7 +328,8 @@ def sync_trial(mlflow_client, target: Target, record: TrialRecord, state: RunSta
         for i in range(0, len(missing), 1000):
             mlflow_client.log_batch(run_id, metrics=missing[i:i + 1000])
         state.logged |= {(m.key, m.step) for m in missing}
-        if record.progress > state.artifact_progress:
+        # Files and a plot once the trial stops (metrics are live): every level, they cost a second each.
+        if record.status is not None and record.progress > state.artifact_progress:
             _log_artifacts(mlflow_client, run_id, record)
             state.artifact_progress = record.progress
         mlflow_client.set_tag(run_id, "lth.progress", str(record.progress))
