@@ -113,12 +113,18 @@ def _find_run(mlflow_client, experiment: str, **tags: str):
     return runs[0] if runs else None
 
 
-def _log_params(mlflow_client, run_id: str, params: Mapping[str, str]) -> None:
-    from mlflow.entities import Param
+def _log_batch(mlflow_client, run_id: str, metrics: Sequence = (), params: Mapping[str, str] | None = None,
+               tags: Mapping[str, str] | None = None) -> None:
+    """As few requests as MLflow's batch limits allow (900 metrics, 90 params each); `tags` go with the
+    last, so a tag such as lth.progress is set only once everything before it is in."""
+    from mlflow.entities import Param, RunTag
 
-    items = [Param(k, v) for k, v in params.items()]
-    for i in range(0, len(items), 100):  # MLflow's batch limit
-        mlflow_client.log_batch(run_id, params=items[i:i + 100])
+    items = [Param(k, v) for k, v in (params or {}).items()]
+    chunks = max(1, -(-len(metrics) // 900), -(-len(items) // 90))
+    for i in range(chunks):
+        last = i == chunks - 1
+        mlflow_client.log_batch(run_id, metrics=metrics[i * 900:(i + 1) * 900], params=items[i * 90:(i + 1) * 90],
+                                tags=[RunTag(k, v) for k, v in (tags or {}).items()] if last else [])
 
 
 def parent_run(mlflow_client, experiment: str, sweep: str, sweep_id: str, sweep_text: str,
@@ -129,7 +135,7 @@ def parent_run(mlflow_client, experiment: str, sweep: str, sweep_id: str, sweep_
         return run.info.run_id
     run = mlflow_client.create_run(experiment, run_name=sweep, tags={
         "lth.kind": "sweep", "lth.sweep": sweep, "lth.sweep_id": sweep_id, "lth.version": _version()})
-    _log_params(mlflow_client, run.info.run_id, params)
+    _log_batch(mlflow_client, run.info.run_id, params=params)
     mlflow_client.log_text(run.info.run_id, sweep_text, "sweep.yaml")
     return run.info.run_id
 
@@ -287,11 +293,12 @@ class RunState:
         self.artifact_progress = 0
 
 
-def _child_run(mlflow_client, target: Target, record: TrialRecord) -> str:
+def _child_run(mlflow_client, target: Target, record: TrialRecord) -> tuple[str, bool]:
+    """The trial's run id, and whether it was created now."""
     run = _find_run(mlflow_client, target.experiment_id,
                     **{"lth.trial_id": record.trial_id, "mlflow.parentRunId": target.parent_run_id})
     if run is not None:
-        return run.info.run_id
+        return run.info.run_id, False
     cfg = record.cfg
     from trainables.config import config_hash, dense_hash
 
@@ -300,7 +307,7 @@ def _child_run(mlflow_client, target: Target, record: TrialRecord) -> str:
         "lth.sweep_id": target.sweep_id, "lth.trial_id": record.trial_id, "lth.config_hash": config_hash(cfg),
         "lth.dense_hash": dense_hash(cfg), "lth.arch": cfg.model.arch, "lth.dataset": cfg.data.dataset,
         "lth.overrides": json.dumps(dict(record.overrides), sort_keys=True), "lth.version": _version(),
-        **record.tags}).info.run_id
+        **record.tags}).info.run_id, True
 
 
 def sync_trial(mlflow_client, target: Target, record: TrialRecord, state: RunState) -> None:
@@ -310,7 +317,9 @@ def sync_trial(mlflow_client, target: Target, record: TrialRecord, state: RunSta
 
     try:
         if state.run_id is None:
-            state.run_id = _child_run(mlflow_client, target, record)
+            state.run_id, created = _child_run(mlflow_client, target, record)
+            if created:  # nothing to ask the server about
+                state.params, state.logged = set(), set()
         run_id = state.run_id
         wanted = metrics_of(record)
         if state.logged is None:
@@ -321,18 +330,15 @@ def sync_trial(mlflow_client, target: Target, record: TrialRecord, state: RunSta
             if run.info.status != "RUNNING" and record.status is None:
                 mlflow_client.update_run(run_id, status="RUNNING")  # a retried trial or a resumed sweep
         params = {k: v for k, v in flat_params(to_dict(record.cfg)).items() if k not in state.params}
-        _log_params(mlflow_client, run_id, params)
-        state.params |= set(params)
         missing = [Metric(k, v, stamp, step) for (k, step), (v, stamp) in sorted(wanted.items())
                    if (k, step) not in state.logged]
-        for i in range(0, len(missing), 1000):
-            mlflow_client.log_batch(run_id, metrics=missing[i:i + 1000])
-        state.logged |= {(m.key, m.step) for m in missing}
         # Files and a plot once the trial stops (metrics are live): every level, they cost a second each.
         if record.status is not None and record.progress > state.artifact_progress:
             _log_artifacts(mlflow_client, run_id, record)
             state.artifact_progress = record.progress
-        mlflow_client.set_tag(run_id, "lth.progress", str(record.progress))
+        _log_batch(mlflow_client, run_id, missing, params, {"lth.progress": str(record.progress)})
+        state.params |= set(params)
+        state.logged |= {(m.key, m.step) for m in missing}
         if record.status is not None and record.status != state.status:
             mlflow_client.set_terminated(run_id, record.status)
             state.status = record.status
