@@ -115,11 +115,14 @@ def sweep_tables(directory: str, sweep: str, sweep_id: str, kind: str) -> dict[s
 
 
 def record(tables: Mapping[str, SweepTable], trial_id: str, overrides: Mapping[str, Any],
-           rows: Callable[[str], pa.Table | None]) -> None:
-    """Give each table the trial's rows (`rows(name)`), rewriting those that changed."""
-    for name, table in tables.items():
-        if (found := rows(name)) is not None and table.set(trial_id, overrides, found):
-            table.save()
+           rows: Callable[[str], pa.Table | None], save: bool = True) -> set[str]:
+    """Give each table the trial's rows (`rows(name)`); returns the names of those that changed, which
+    are rewritten unless `save` is false."""
+    changed = {name for name, table in tables.items()
+               if (found := rows(name)) is not None and table.set(trial_id, overrides, found)}
+    for name in changed if save else ():
+        tables[name].save()
+    return changed
 
 
 @dataclass(frozen=True)
@@ -174,8 +177,11 @@ def collect(tables: Mapping[str, SweepTable], overrides: Callable[[Mapping[str, 
     """Bring the tables level with the trials' checkpoints (a driver killed before it recorded a level).
     `overrides`: a Tune trial config -> the trial's dotted overrides."""
     directory = next(iter(tables.values())).directory
+    changed = set()
     for trial in stored_trials(directory).values():
-        record(tables, trial.trial_id, overrides(trial.params), trial.rows)
+        changed |= record(tables, trial.trial_id, overrides(trial.params), trial.rows, save=False)
+    for name in changed:  # once per table, however many trials moved on
+        tables[name].save()
 
 
 SEED_KEYS = ("seed", "train.data_seed")  # replicates: averaged over, never a setting of their own
