@@ -26,7 +26,7 @@ from ray import tune
 from orchestrator.dense_cache import DenseStore, acquire
 from orchestrator.spec import SweepSpec
 from orchestrator.store import PATH_FILE, RESULTS_FILE, RUN_TABLES, SUMMARY_FILE, TRIAL_PREFIX, find_mask, progress
-from orchestrator.tracking import Target, TrialLog, TrialRecord, read_masks
+from orchestrator.tracking import Target, TrialLog, TrialRecord, add_masks, read_masks
 from trainables.config import Config, config_hash, dense_hash
 from trainables.imp import ImpRun, Reporter
 from trainables.masks import Mask
@@ -76,9 +76,9 @@ def stability_metrics(tables: Mapping[str, list[dict[str, Any]]], cfg: Config, s
     """What a stability trial reports: the IMP level it reached, then per split the mean instability and
     endpoint error over the replicates analysed so far (and, for optuna, the objective)."""
     summary, imp = tables[SUMMARY_FILE], tables[IMP_RESULTS]
-    out: dict[str, Any] = {"level": max((r["level"] for r in imp), default=0), "replicates": 0}
-    if imp:
-        out["weights_remaining"] = min(r["weights_remaining"] for r in imp)
+    out: dict[str, Any] = {"level": 0, "replicates": 0}
+    if imp:  # the IMP run that finds the analysed level's mask, as it goes
+        out |= level_metrics(imp, spec)
     if summary:
         out |= {"level": cfg.stability.level, "weights_remaining": summary[0]["weights_remaining"],
                 "replicates": len({r["replicate"] for r in summary})}
@@ -177,6 +177,8 @@ def given_mask(spec: SweepSpec, cfg: Config, reporter: TrialReporter) -> Mask | 
     reporter.event("mask", source=source)
     if reporter.tracking is not None:
         reporter.tracking.record.tags["lth.mask_source"] = source
+        if found:  # its sparsity and the mask itself, as a computed mask would show them
+            add_masks(reporter.tracking.record, {cfg.stability.level: found[1].state()})
     return found[1] if found else None
 
 

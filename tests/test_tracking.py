@@ -171,4 +171,7 @@ def test_a_stability_sweep_analyses_the_masks_of_a_finished_imp_sweep(tmp_path, 
 
     assert instability("reused") == instability("computed")
     _, children = sweep_runs(server.url, "reused")
-    assert tags(next(iter(children.values())))["lth.mask_source"] == mask_entry["source"]
+    (run,) = children.values()
+    assert tags(run)["lth.mask_source"] == mask_entry["source"]
+    files = {f["path"] for f in rest(server.url, "artifacts/list", run_id=run["info"]["run_id"])["files"]}
+    assert {"sparsity.csv", "final_mask.npz", "error_vs_alpha.png"} <= files
