@@ -62,25 +62,38 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.preset, args.overrides)
 
 
+def _output(args: argparse.Namespace, cfg: Config, label: str, name: str) -> Path | None:
+    """The run directory (default runs/<name>); None after printing the config for --dry-run."""
+    out = Path(args.out) if args.out else Path("runs") / name
+    if args.dry_run:
+        print(dump_config(cfg), end="")
+        print(f"# {label}: {name}\n# {'output:':<{len(label) + 1}} {out}")
+        return None
+    return out
+
+
+def _resumable(run, out: Path, what: str):
+    """`run.run()`, or None after saying how to resume if the user interrupts it."""
+    try:
+        return run.run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished {what} are kept in {out}; run the same command again to resume",
+              file=sys.stderr)
+        return None
+
+
 def cmd_imp(args: argparse.Namespace) -> int:
     from trainables.imp import ImpRun
 
     cfg = _load(args)
-    out = Path(args.out) if args.out else Path("runs") / run_name(cfg)
-    if args.dry_run:
-        print(dump_config(cfg), end="")
-        print(f"# run name: {run_name(cfg)}\n# output:   {out}")
+    if (out := _output(args, cfg, "run name", run_name(cfg))) is None:
         return 0
     run = ImpRun(cfg, out, TableReporter())
     per_run = run.end_iter - run.rewind_iter
     total = run.end_iter + cfg.imp.levels * (1 + len(cfg.imp.controls)) * per_run
     print(f"IMP run {run_name(cfg)} -> {out}\n{cfg.imp.levels + 1} levels, {total:,} training iterations "
           f"on {run.device}; finished levels: {run.finished_levels() or 'none'}")
-    try:
-        table = run.run()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished levels are kept in {out}; run the same command again to resume",
-              file=sys.stderr)
+    if (table := _resumable(run, out, "levels")) is None:
         return 130
     print(f"done: {table.num_rows} rows in {out / 'results.parquet'}")
     return 0
@@ -90,10 +103,7 @@ def cmd_stability(args: argparse.Namespace) -> int:
     from trainables.stability import StabilityRun, analysis_name
 
     cfg = _load(args)
-    out = Path(args.out) if args.out else Path("runs") / analysis_name(cfg)
-    if args.dry_run:
-        print(dump_config(cfg), end="")
-        print(f"# analysis name: {analysis_name(cfg)}\n# output:        {out}")
+    if (out := _output(args, cfg, "analysis name", analysis_name(cfg))) is None:
         return 0
     run = StabilityRun(cfg, out, TableReporter())
     st = cfg.stability
@@ -101,12 +111,9 @@ def cmd_stability(args: argparse.Namespace) -> int:
     print(f"stability analysis {analysis_name(cfg)} -> {out}\n{network} at k = {run.rewind_iter}: "
           f"{st.replicates} pair(s) of copies trained to {run.end_iter} on {run.device}, {st.alpha_points} alphas; "
           f"finished pairs: {run.finished_replicates() or 'none'}")
-    try:
-        table = run.run().to_pylist()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished pairs are kept in {out}; run the same command again to resume",
-              file=sys.stderr)
+    if (summary := _resumable(run, out, "pairs")) is None:
         return 130
+    table = summary.to_pylist()
     for split in st.splits:
         values = [r["instability"] for r in table if r["split"] == split]
         mean = sum(values) / len(values)
@@ -312,7 +319,7 @@ def cmd_mlflow_sync(args: argparse.Namespace) -> int:
     if ident["tracking_uri"] is None:
         raise ConfigError(args.dir, ["this sweep has no MLflow store; pass --tracking-uri http://HOST:PORT"])
     tables = store.sweep_tables(spec.experiment, spec.name, ident["sweep_id"], spec.kind)
-    store.collect(tables, spec.overrides)
+    trials = store.collect(tables, spec.overrides)
     commit = tables[store.RESULTS_FILE if spec.kind == "imp" else store.SUMMARY_FILE].table().to_pylist()
     done: dict[str, set] = {}
     for row in commit:
@@ -328,7 +335,7 @@ def cmd_mlflow_sync(args: argparse.Namespace) -> int:
     statuses = {t: "FINISHED" if complete(t) else "KILLED" for t in done}
     target = tracking.open_sweep(ident["tracking_uri"], ident["experiment"], spec.name, ident["sweep_id"],
                                  spec.text, tuner.sweep_params(spec))
-    updated = tracking.sync_folder(spec, target, {name: t.table() for name, t in tables.items()}, statuses)
+    updated = tracking.sync_folder(spec, target, {name: t.table() for name, t in tables.items()}, statuses, trials)
     if updated is None:
         return 1
     print(f"MLflow {ident['tracking_uri']}: {updated} of {len(done)} trial runs updated, the others were "

@@ -173,15 +173,18 @@ def progress(fs: pafs.FileSystem, path: str) -> int:
     return total
 
 
-def collect(tables: Mapping[str, SweepTable], overrides: Callable[[Mapping[str, Any]], Mapping[str, Any]]) -> None:
+def collect(tables: Mapping[str, SweepTable],
+            overrides: Callable[[Mapping[str, Any]], Mapping[str, Any]]) -> dict[str, StoredTrial]:
     """Bring the tables level with the trials' checkpoints (a driver killed before it recorded a level).
-    `overrides`: a Tune trial config -> the trial's dotted overrides."""
+    `overrides`: a Tune trial config -> the trial's dotted overrides. Returns the trials it read."""
     directory = next(iter(tables.values())).directory
+    trials = stored_trials(directory)
     changed = set()
-    for trial in stored_trials(directory).values():
+    for trial in trials.values():
         changed |= record(tables, trial.trial_id, overrides(trial.params), trial.rows, save=False)
     for name in changed:  # once per table, however many trials moved on
         tables[name].save()
+    return trials
 
 
 SEED_KEYS = ("seed", "train.data_seed")  # replicates: averaged over, never a setting of their own

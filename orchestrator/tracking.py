@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from orchestrator.store import PATH_FILE, RESULTS_FILE, RUN_TABLES, SUMMARY_FILE, stored_trials
+from orchestrator.store import PATH_FILE, RESULTS_FILE, RUN_TABLES, SUMMARY_FILE, StoredTrial
 from trainables.config import Config, to_dict
 
 SWEEP_FILE_JSON = "sweep.json"  # the sweep's id and MLflow location, beside sweep.yaml
@@ -517,13 +517,12 @@ def stored_levels(kind: str, cfg: Config) -> tuple[str, range]:
     return ("", range(cfg.imp.levels + 1)) if kind == "imp" else ("imp", range(cfg.stability.level + 1))
 
 
-def sync_folder(spec, target: Target, tables: Mapping[str, Any], statuses: Mapping[str, str]) -> int | None:
-    """`sync_sweep` from a sweep folder (masks from the trials' checkpoints); None, with the fix
-    printed, if MLflow cannot be reached."""
+def sync_folder(spec, target: Target, tables: Mapping[str, Any], statuses: Mapping[str, str],
+                trials: Mapping[str, StoredTrial]) -> int | None:
+    """`sync_sweep` from a sweep folder (masks from its `trials`' checkpoints, as `store.collect` read
+    them); None, with the fix printed, if MLflow cannot be reached."""
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
-
-    trials = stored_trials(spec.experiment)
 
     def masks(trial_id: str, cfg: Config) -> dict[int, Any]:
         trial = trials.get(trial_id)

@@ -325,8 +325,8 @@ def run(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None = Non
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints)))
     results = tuner.fit()
     ray.kill(claims)
-    store.collect(tables, spec.overrides)
+    trials = store.collect(tables, spec.overrides)
     if target is not None:
         statuses = {Path(r.path).name[len(store.TRIAL_PREFIX):]: "FAILED" if r.error else "FINISHED" for r in results}
-        tracking.sync_folder(spec, target, {name: t.table() for name, t in tables.items()}, statuses)
+        tracking.sync_folder(spec, target, {name: t.table() for name, t in tables.items()}, statuses, trials)
     return results
