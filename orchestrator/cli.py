@@ -236,21 +236,72 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tracking_of(directory: str) -> tuple[str | None, str | None]:
-    """(tracking URI, experiment) of a sweep folder, or of a storage folder holding mlflow.db."""
+def _sweep_identity(directory: str) -> dict[str, Any] | None:
+    """A sweep folder's sweep.json: its id, tracking URI and experiment."""
     from orchestrator import tracking
     from orchestrator.dense_cache import filesystem
 
     fs, root = filesystem(directory)
     try:
         with fs.open_input_stream(f"{root}/{tracking.SWEEP_FILE_JSON}") as f:
-            ident = json.loads(f.read())
-        return ident["tracking_uri"], ident["experiment"]
+            return json.loads(f.read())
     except FileNotFoundError:
-        pass
-    if (Path(root) / "mlflow.db").exists():
+        return None
+
+
+def _tracking_of(directory: str) -> tuple[str | None, str | None]:
+    """(tracking URI, experiment) of a sweep folder, or of a storage folder holding mlflow.db."""
+    from orchestrator import tracking
+    from orchestrator.dense_cache import filesystem
+
+    if (ident := _sweep_identity(directory)) is not None:
+        return ident["tracking_uri"], ident["experiment"]
+    if (Path(filesystem(directory)[1]) / "mlflow.db").exists():
         return tracking.default_uri(directory), None
     return None, None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator import report, tracking
+    from orchestrator.dense_cache import filesystem
+
+    def keys(text: str | None) -> tuple[str, ...] | None:
+        return None if text is None else tuple(k.strip() for k in text.split(",") if k.strip())
+
+    options = report.Options(group_by=keys(args.group_by), panel_by=keys(args.panel_by),
+                             variants=keys(args.variants), accuracy=args.accuracy, tolerance=args.tolerance)
+    report.parse_tolerance(options.tolerance)
+    tables, header = report.load(args.dirs)
+    roots = [filesystem(d) for d in args.dirs]
+    names = [Path(root).name for _, root in roots]
+    if args.out:
+        out = Path(args.out)
+    elif len(args.dirs) == 1 and "://" not in args.dirs[0]:
+        out = Path(roots[0][1]) / "report"
+    else:
+        out = Path("reports") / "+".join(names)
+    built = report.build(tables, options, f"LTH report: {' + '.join(names)}", header)
+    files = report.write(built, out, args.dirs)
+    print(f"report of {' + '.join(names)} in {out}:")
+    for path in files:
+        print(f"  {path.name}")
+    for note in built.notes:
+        print(note)
+    for directory in [] if args.no_mlflow else args.dirs:
+        ident = _sweep_identity(directory) or {}
+        if not ident.get("tracking_uri"):
+            print(f"MLflow: {directory} is not tracked; the report is only in {out}")
+            continue
+        try:
+            run_id = tracking.log_report(ident["tracking_uri"], ident["experiment"], ident["sweep_id"], files)
+        except Exception as exc:  # noqa: BLE001 - MLflow is a view; the report is on disk
+            print(f"MLflow: could not log the report to {ident['tracking_uri']} ({type(exc).__name__}: "
+                  f"{str(exc)[:200]}); it is in {out}. Run `lth report` again once MLflow is reachable")
+            continue
+        print(f"MLflow: {ident['tracking_uri']} has no run of this sweep yet (lth mlflow sync {directory}, then "
+              "report again)" if run_id is None else
+              f"MLflow: logged under report/ in the sweep's run {run_id} ({ident['tracking_uri']})")
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -422,6 +473,24 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--format", choices=["table", "csv", "json"], default="table")
     results.set_defaults(func=cmd_results)
 
+    rep = sub.add_parser("report", help="figures (PNG), tables (CSV) and one HTML page from sweeps' Parquet tables; "
+                                        "logged to each sweep's MLflow run")
+    rep.add_argument("dirs", nargs="+", metavar="DIR", help="sweep folders (<storage>/<name>); several are drawn "
+                                                            "together, the sweep becoming a setting")
+    rep.add_argument("--out", help="output folder (default DIR/report; with several sweeps or a URI, "
+                                   "reports/<names>)")
+    rep.add_argument("--group-by", metavar="KEYS", help="comma-separated swept keys whose values make the lines "
+                                                        "(default: all, split into panels beyond 4 lines)")
+    rep.add_argument("--panel-by", metavar="KEYS", help="comma-separated swept keys whose values make the panels")
+    rep.add_argument("--variants", default="ticket,reinit,random_mask",
+                     help="which of ticket, reinit, random_mask to draw (default: all the sweep has)")
+    rep.add_argument("--accuracy", choices=["test_accuracy", "early_stop_accuracy"], default="test_accuracy",
+                     help="test accuracy at the end of training or at the early-stop iteration")
+    rep.add_argument("--tolerance", default="1std", help="matching: within N std of dense over seeds (1std, the "
+                                                         "LMC paper's definition) or N accuracy points (0.5pt)")
+    rep.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+    rep.set_defaults(func=cmd_report)
+
     ui = sub.add_parser("ui", help="start the MLflow UI on a sweep's (or a storage folder's) MLflow store")
     ui.add_argument("dir", nargs="?", help="a sweep folder or storage folder (default $LTH_STORAGE, else "
                                            "runs/sweeps)")
@@ -452,12 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from trainables.data import DatasetNotFoundError
     from trainables.imp import CheckpointError
+    from orchestrator.report import ReportError
     from trainables.registry import UnknownNameError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetNotFoundError, CheckpointError, UnknownNameError) as exc:
+    except (ConfigError, DatasetNotFoundError, CheckpointError, UnknownNameError, ReportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -304,6 +304,16 @@ def load_sweep(path: str | Path) -> SweepSpec:
     return parse_sweep(raw, source, text, path.parent)
 
 
+def header_comment(text: str) -> str:
+    """A sweep file's opening comment block (its launch command and what it reproduces), '#' removed."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[2:] if line.startswith("# ") else line[1:])
+    return "\n".join(lines)
+
+
 def parse_sweep(raw: Any, source: str, text: str = "", folder: Path = Path(".")) -> SweepSpec:
     """Validate a sweep given as a mapping (`text`: the file it came from, if any; `folder`: where
     a `base:` path is relative to)."""

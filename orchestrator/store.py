@@ -31,6 +31,7 @@ from trainables.masks import Mask
 from trainables.results import LEVELS_SCHEMA, STABILITY_PATH_SCHEMA, STABILITY_SUMMARY_SCHEMA, write_atomic
 
 RESULTS_FILE, PATH_FILE, SUMMARY_FILE = "results.parquet", "stability.parquet", "stability_summary.parquet"
+SWEEP_FILE = "sweep.yaml"  # the resolved sweep, stored in its folder: all `lth sweep resume` needs
 TRIAL_PREFIX = "trial_"  # a trial's folder in the sweep folder: trial_<Tune's trial id>
 SWEEP_COLUMNS = [
     ("sweep", pa.string()),  # the sweep's name (its folder)
@@ -191,7 +192,7 @@ SEED_KEYS = ("seed", "train.data_seed")  # replicates: averaged over, never a se
 SUMMARY_VARIANTS = ("dense", "ticket", "reinit", "random_mask")
 
 
-def _settings(df) -> list[str]:
+def settings(df) -> list[str]:
     """Add a column per swept key (other than seeds) from `overrides`; returns their names."""
     overrides = df["overrides"].map(json.loads)
     keys = sorted({k for o in overrides for k in o} - set(SEED_KEYS))
@@ -200,7 +201,7 @@ def _settings(df) -> list[str]:
     return keys
 
 
-def _clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """NaN (the std of one sample) as None; numpy scalars as Python numbers."""
     return [{k: None if isinstance(v, float) and v != v else v.item() if hasattr(v, "item") else v
              for k, v in row.items()} for row in rows]
@@ -212,7 +213,7 @@ def stability_summary(table: pa.Table) -> tuple[list[str], list[dict[str, Any]]]
     df = table.to_pandas()
     if df.empty:
         return [], []
-    keys = _settings(df)
+    keys = settings(df)
     df["endpoint_error"] = (df["error_1"] + df["error_2"]) / 2
     grouped = df.groupby([*keys, "split"], dropna=False, sort=True).agg(
         level=("level", "first"), rewind_iter=("rewind_iter", "first"),
@@ -220,23 +221,23 @@ def stability_summary(table: pa.Table) -> tuple[list[str], list[dict[str, Any]]]
         instability_mean=("instability", "mean"), instability_std=("instability", "std"),
         endpoint_error=("endpoint_error", "mean"), stable_fraction=("stable", "mean"),
         threshold=("threshold", "first")).reset_index()
-    return keys, _clean(grouped.to_dict("records"))
+    return keys, clean(grouped.to_dict("records"))
 
 
-def summary(table: pa.Table) -> tuple[list[str], list[dict[str, Any]]]:
+def summary(table: pa.Table, column: str = "test_accuracy") -> tuple[list[str], list[dict[str, Any]]]:
     """Per setting (the swept keys other than seeds) and level: mean and std over seeds of each
-    variant's test accuracy. Level 0's dense network counts as the ticket at 100% of weights.
-    Returns the setting keys and one row per (setting, level)."""
+    variant's `column` (`{variant}_mean`, `{variant}_std`; `dense_*` is level 0's). Level 0's dense
+    network counts as the ticket at 100% of weights. Returns the setting keys and one row per
+    (setting, level)."""
     df = table.to_pandas()
     if df.empty:
         return [], []
-    keys = _settings(df)
-    dense = df[df["variant"] == "dense"].groupby(keys, dropna=False)["test_accuracy"].agg(["mean", "std"]) \
-        if keys else df[df["variant"] == "dense"]["test_accuracy"].agg(["mean", "std"])
+    keys = settings(df)
+    dense = df[df["variant"] == "dense"].groupby(keys, dropna=False)[column].agg(["mean", "std"]) \
+        if keys else df[df["variant"] == "dense"][column].agg(["mean", "std"])
     df["variant"] = df["variant"].where(df["variant"] != "dense", "ticket")
     grouped = df.groupby([*keys, "level", "variant"], dropna=False).agg(
-        remaining=("weights_remaining", "mean"), mean=("test_accuracy", "mean"), std=("test_accuracy", "std"),
-        n=("test_accuracy", "size"))
+        remaining=("weights_remaining", "mean"), mean=(column, "mean"), std=(column, "std"), n=(column, "size"))
     rows: dict[tuple, dict[str, Any]] = {}
     for index, values in grouped.iterrows():
         *setting, level, variant = index
@@ -249,7 +250,7 @@ def summary(table: pa.Table) -> tuple[list[str], list[dict[str, Any]]]:
         ref = dense.loc[tuple(setting) if len(setting) > 1 else setting[0]] if keys else dense
         row["dense_mean"], row["dense_std"] = ref["mean"], ref["std"]
     ordered = [row for _, row in sorted(rows.items(), key=lambda item: tuple(map(str, item[0][:-1])) + (item[0][-1],))]
-    return keys, _clean(ordered)
+    return keys, clean(ordered)
 
 
 def _ticket_identity(cfg: Config) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from orchestrator.report import Figure, Panel, Series, png
 from orchestrator.store import PATH_FILE, RESULTS_FILE, RUN_TABLES, SUMMARY_FILE, StoredTrial
 from trainables.config import Config, to_dict
 
@@ -127,10 +128,14 @@ def _log_batch(mlflow_client, run_id: str, metrics: Sequence = (), params: Mappi
                                 tags=[RunTag(k, v) for k, v in (tags or {}).items()] if last else [])
 
 
+def _parent(mlflow_client, experiment: str, sweep_id: str):
+    return _find_run(mlflow_client, experiment, **{"lth.sweep_id": sweep_id, "lth.kind": "sweep"})
+
+
 def parent_run(mlflow_client, experiment: str, sweep: str, sweep_id: str, sweep_text: str,
                params: Mapping[str, str]) -> str:
     """The sweep's run: found by its sweep id (a resumed sweep, a sync), else created."""
-    run = _find_run(mlflow_client, experiment, **{"lth.sweep_id": sweep_id, "lth.kind": "sweep"})
+    run = _parent(mlflow_client, experiment, sweep_id)
     if run is not None:
         return run.info.run_id
     run = mlflow_client.create_run(experiment, run_name=sweep, tags={
@@ -223,58 +228,27 @@ def _rows_csv(rows: Sequence[Mapping[str, Any]], name: str) -> bytes:
     return buffer.getvalue()
 
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt, plt.subplots(figsize=(6, 4))
-
-
-def _png(plt, fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 def error_plot(path_rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
     """Error along the line between the two copies, one line per split and replicate."""
-    plt, (fig, ax) = _figure()
+    lines = []
     for split in sorted({r["split"] for r in path_rows}):
         for replicate in sorted({r["replicate"] for r in path_rows}):
             points = sorted((r["alpha"], r["error"] * 100) for r in path_rows
                             if r["split"] == split and r["replicate"] == replicate)
-            ax.plot(*zip(*points), marker=".", label=f"{split}, pair {replicate}")
-    ax.set_xlabel("interpolation alpha")
-    ax.set_ylabel("error (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(True, alpha=0.3)
-    return _png(plt, fig)
+            lines.append(Series(f"{split}, pair {replicate}", *map(tuple, zip(*points)), color=len(lines)))
+    return png(Figure("error_vs_alpha", title, "", "interpolation alpha", "error (%)", (Panel("", tuple(lines)),)))
 
 
 def accuracy_plot(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
     """Test accuracy against weights remaining (log axis, 100% on the left), one line per variant."""
-    plt, (fig, ax) = _figure()
+    lines = []
     for variant in ("ticket", "reinit", "random_mask"):
-        points = sorted((r["weights_remaining"] * 100, r["test_accuracy"] * 100) for r in rows
-                        if r["variant"] == variant or (variant == "ticket" and r["variant"] == "dense"))
+        points = sorted(((r["weights_remaining"] * 100, r["test_accuracy"] * 100) for r in rows
+                         if r["variant"] == variant or (variant == "ticket" and r["variant"] == "dense")), reverse=True)
         if points:
-            ax.plot(*zip(*points), marker="o", label=variant)
-    ax.set_xscale("log")
-    ticks = sorted({round(r["weights_remaining"] * 100, 1) for r in rows}, reverse=True)
-    ax.set_xticks(ticks[::max(1, len(ticks) // 8)], minor=False)
-    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(plt.NullFormatter())
-    ax.invert_xaxis()
-    ax.set_xlabel("weights remaining (%)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    ax.grid(True, which="both", alpha=0.3)
-    return _png(plt, fig)
+            lines.append(Series(variant, *map(tuple, zip(*points)), color=len(lines), variant=variant))
+    return png(Figure("accuracy_vs_weights_remaining", title, "", "weights remaining (%)", "test accuracy (%)",
+                      (Panel("", tuple(lines)),), xscale="log", invert_x=True))
 
 
 @dataclass
@@ -468,6 +442,19 @@ def open_sweep(uri: str, experiment: str, sweep: str, sweep_id: str, sweep_text:
     parent = parent_run(mlflow_client, exp, sweep, sweep_id, sweep_text, params)
     mlflow_client.update_run(parent, status="RUNNING")
     return Target(uri, exp, parent, sweep, sweep_id)
+
+
+def log_report(uri: str, experiment: str, sweep_id: str, files: Sequence[Path]) -> str | None:
+    """Log a report's files under `report/` in the sweep's parent run (again: replaced); returns the
+    run's id, or None if MLflow has no run of this sweep yet."""
+    mlflow_client = client(uri)
+    found = mlflow_client.get_experiment_by_name(experiment)
+    run = None if found is None else _parent(mlflow_client, found.experiment_id, sweep_id)
+    if run is None:
+        return None
+    for path in files:
+        mlflow_client.log_artifact(run.info.run_id, str(path), "report")
+    return run.info.run_id
 
 
 def _children(mlflow_client, target: Target) -> dict[str, Any]:

@@ -22,11 +22,10 @@ from ray.tune import Callback  # noqa: E402
 
 from orchestrator import store, tracking  # noqa: E402
 from orchestrator.dense_cache import claims_actor, filesystem  # noqa: E402
-from orchestrator.spec import Domain, SweepSpec, parse_sweep  # noqa: E402
+from orchestrator.spec import Domain, SweepSpec, header_comment, parse_sweep  # noqa: E402
 from orchestrator.trial import run_trial  # noqa: E402
 from trainables.config import ConfigError, to_dict  # noqa: E402
 
-SWEEP_FILE = "sweep.yaml"  # the resolved sweep, stored in its folder: all `lth sweep resume` needs
 
 
 def _domain(domain: Domain, categorical: bool) -> Any:
@@ -59,18 +58,19 @@ def save_spec(spec: SweepSpec) -> None:
     raw["base"] = to_dict(spec.base)
     fs, root = filesystem(spec.experiment)
     fs.create_dir(root, recursive=True)
-    with fs.open_output_stream(f"{root}/{SWEEP_FILE}") as f:
-        f.write(f"# resolved copy of {spec.source}\n".encode() + yaml.safe_dump(raw, sort_keys=False).encode())
+    with fs.open_output_stream(f"{root}/{store.SWEEP_FILE}") as f:
+        header = "".join(f"# {line}\n" for line in header_comment(spec.text).splitlines())
+        f.write(f"# resolved copy of {spec.source}\n{header}".encode() + yaml.safe_dump(raw, sort_keys=False).encode())
 
 
 def load_saved_spec(directory: str) -> SweepSpec:
     fs, root = filesystem(directory)
-    path = f"{root}/{SWEEP_FILE}"
+    path = f"{root}/{store.SWEEP_FILE}"
     try:
         with fs.open_input_stream(path) as f:
             text = f.read().decode()
     except (FileNotFoundError, OSError):
-        raise ConfigError(directory, [f"no {SWEEP_FILE} here: not a sweep folder made by `lth sweep run` "
+        raise ConfigError(directory, [f"no {store.SWEEP_FILE} here: not a sweep folder made by `lth sweep run` "
                                       "(it is <storage>/<sweep name>)"]) from None
     spec = parse_sweep(yaml.safe_load(text), path, text)
     storage = directory.rstrip("/").rsplit("/", 1)[0] if "://" in directory else str(Path(root).parent)
@@ -143,7 +143,7 @@ def check_tracking_reach(uri: str) -> None:
 
 def exists(spec: SweepSpec) -> bool:
     fs, root = filesystem(spec.experiment)
-    return fs.get_file_info(f"{root}/{SWEEP_FILE}").type == pafs.FileType.File
+    return fs.get_file_info(f"{root}/{store.SWEEP_FILE}").type == pafs.FileType.File
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
