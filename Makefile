@@ -12,6 +12,7 @@ $(VENV)/.installed: pyproject.toml
 
 quickstart: $(VENV)/.installed
 	$(VENV)/bin/lth sweep run sweeps/quickstart.yaml
+	$(VENV)/bin/lth report runs/sweeps/quickstart
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

@@ -11,6 +11,7 @@ import pytest
 import ray
 
 from orchestrator import tuner
+from orchestrator.cli import main
 from tests.sweep_helpers import BASE, COLUMNS, read_log, sweep_spec, trial_results, wait_for
 from trainables.config import config_hash
 from trainables.imp import ImpRun
@@ -30,7 +31,7 @@ def direct(cfg, out):
     return ImpRun(cfg, out).run().to_pandas().sort_values(["level", "variant"])[COLUMNS].reset_index(drop=True)
 
 
-def test_grid_sweep_shares_dense_runs_and_matches_direct_runs(tmp_path, fresh_log):
+def test_grid_sweep_shares_dense_runs_and_matches_direct_runs(tmp_path, fresh_log, capsys):
     spec = sweep_spec(tmp_path / "store")  # 2 lrs x 2 rewind points x 2 rates
     grid = spec.grid()
     results = tuner.run(spec)
@@ -58,6 +59,18 @@ def test_grid_sweep_shares_dense_runs_and_matches_direct_runs(tmp_path, fresh_lo
     for cfg in configs[:2]:
         expected = ray.get(direct.remote(cfg, tmp_path / "direct" / config_hash(cfg)))
         assert stored[config_hash(cfg)].equals(expected)
+    # `lth report` on this quickstart-shaped sweep: every IMP figure and table, a one-line note for each
+    # stability figure it has no data for, the files logged to the sweep's MLflow run.
+    assert main(["report", str(tmp_path / "store" / "tiny")]) == 0
+    out = capsys.readouterr().out
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("skipped")] == [
+        "skipped instability vs. rewind iteration", "skipped error along the interpolation path"]
+    written = {p.name for p in (tmp_path / "store" / "tiny" / "report").iterdir()}
+    assert written == {"accuracy_vs_weights_remaining.png", "early_stop_vs_weights_remaining.png", "matching.csv",
+                       "summary.csv", "report.html"}
+    matching = (tmp_path / "store" / "tiny" / "report" / "matching.csv").read_text().splitlines()
+    assert len(matching) == 1 + 8  # a row per setting: 2 lrs x 2 rewind points x 2 rates
+    assert "logged under report/ in the sweep's run" in out
     # A second sweep on the same storage reuses the dense runs, and a new rewind point is recreated.
     again = sweep_spec(tmp_path / "store", name="again", space={"train.lr": [1.2e-3], "imp.rewind_iter": ["60it"]})
     fresh_log.unlink()

@@ -35,7 +35,8 @@ def _configs(spec: SweepSpec) -> list[Config]:
 def test_there_are_sweep_files():
     names = {f.name for f in FILES}
     assert {"quickstart.yaml", "lenet_mnist.yaml", "lr_sensitivity_vgg19.yaml", "lr_sensitivity_resnet20.yaml",
-            "rewind_sweep.yaml", "optuna_search.yaml", "stability_lenet.yaml", "stability_resnet20.yaml"} <= names
+            "rewind_sweep.yaml", "optuna_search.yaml", "stability_lenet.yaml", "stability_resnet20.yaml",
+            "lr_sensitivity_small.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -100,6 +101,24 @@ def test_resnet20_lr_sensitivity_has_the_three_settings_of_section_4():
         assert set(cfg.prune.exclude) == {"fc", "*shortcut*"}
         assert cfg.imp.rewind_iter == "0it" and "reinit" in cfg.imp.controls
         assert 0.8 ** cfg.imp.levels < 0.118  # reaches past the warm-up case's 11.8%
+
+
+def test_the_small_lr_study_is_an_offline_cpu_analogue_of_section_4_and_says_so():
+    spec = _load("lr_sensitivity_small.yaml")
+    configs = _configs(spec)
+    settings = {(c.train.lr, _iterations(c, c.train.warmup)) for c in configs}
+    assert len({lr for lr, _ in settings}) >= 3 and {w > 0 for _, w in settings} == {True, False}
+    assert (0.1, 0) in settings and any(w > 0 and lr == 0.1 for lr, w in settings)  # high lr with and without
+    assert sorted({c.seed for c in configs}) == [0, 1, 2]  # matching needs a std over seeds
+    for cfg in configs:
+        assert cfg.data.dataset == "mnist5k" and cfg.train.optimizer == "sgd"  # offline data, SGD as in §4
+        assert cfg.imp.rewind_iter == "0it" and "reinit" in cfg.imp.controls
+    header = (SWEEPS / "lr_sensitivity_small.yaml").read_text().split("\nname:")[0]
+    assert "SCALED-DOWN ANALOGUE" in header and "docs/reproduce_lr_sensitivity.md" in header
+    # The budget: under 30 minutes on one 2-core machine, at the quickstart's measured ~4 core-seconds per
+    # 1,500-iteration LeNet training on mnist5k.
+    iterations, dense, trainings = total_iterations(spec, spec.grid())
+    assert (dense + trainings) * 4.0 / 2 < 25 * 60
 
 
 def test_rewind_sweep_rewinds_resnet20_to_the_lmc_points_and_shares_dense_runs():
@@ -174,3 +193,15 @@ def test_stability_resnet20_is_the_lmc_papers_resnet20_setting():
         assert _iterations(cfg, cfg.train.length) == 160 * 390  # 160 epochs of the paper's 50K images
         assert [_iterations(cfg, m) for m in cfg.train.milestones] == [80 * 390, 120 * 390]
         assert (cfg.prune.scope, cfg.prune.rate_for("conv")) == ("global", 0.2)
+
+
+def test_the_lr_guide_quotes_the_paper_and_the_shipped_files_iterations():
+    guide = (SWEEPS.parent / "docs" / "reproduce_lr_sensitivity.md").read_text()
+    for claim in ("no winning tickets", "down to 1.5% remaining", "down to 11.8%", "90.5% at 27.1%",
+                  "Estimated, not measured"):
+        assert claim in guide
+    for name in ("lr_sensitivity_vgg19", "lr_sensitivity_resnet20", "lr_sensitivity_small"):
+        assert f"lth sweep run sweeps/{name}.yaml" in guide
+        spec = _load(f"{name}.yaml")
+        iterations, dense, trainings = total_iterations(spec, spec.grid())
+        assert f"{dense + trainings} trainings" in guide or f"| {dense + trainings} | {iterations:,} |" in guide
