@@ -241,8 +241,9 @@ def parse_tolerance(text: str) -> tuple[str, float]:
 def matching(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], variants: Sequence[str], tolerance: str
              ) -> list[dict[str, Any]]:
     """Per setting (`store.summary` rows): the dense mean and std, the tolerance used, and per variant the
-    fewest weights remaining down to which every level from the first pruned one on is matching (mean
-    accuracy >= dense mean - tolerance; None: not even the first), and the ticket's best pruned level."""
+    pruned level with the fewest weights remaining that is matching (mean accuracy >= dense mean -
+    tolerance; None: no level is), with the denser levels that are not (`gaps`: noise or a real dip,
+    the reader decides), and the ticket's best pruned level."""
     unit, amount = parse_tolerance(tolerance)
     out = []
     for setting, setting_rows in _groups(rows, keys).items():
@@ -254,14 +255,12 @@ def matching(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], variants: S
         pruned = sorted((r for r in setting_rows if r["level"] > 0), key=lambda r: r["level"])
         for variant in variants:
             levels = [r for r in pruned if r.get(f"{variant}_mean") is not None]
-            down_to = None
-            for r in levels:
-                if r[f"{variant}_mean"] < first["dense_mean"] - entry["tolerance"] - 1e-12:
-                    break
-                down_to = r
-            entry[variant] = None if down_to is None else {
-                "level": down_to["level"], "weights_remaining": down_to["weights_remaining"],
-                "all_levels": down_to is levels[-1]}
+            matches = [r[f"{variant}_mean"] >= first["dense_mean"] - entry["tolerance"] - 1e-12 for r in levels]
+            last = max((i for i, m in enumerate(matches) if m), default=None)
+            entry[variant] = None if last is None else {
+                "level": levels[last]["level"], "weights_remaining": levels[last]["weights_remaining"],
+                "all_levels": last == len(levels) - 1,
+                "gaps": [r["weights_remaining"] for r, m in zip(levels[:last], matches) if not m]}
         best = max((r for r in pruned if r.get("ticket_mean") is not None), key=lambda r: r["ticket_mean"],
                    default=None)
         entry["best_ticket"] = None if best is None else {
@@ -279,7 +278,8 @@ def matching_table(table: pa.Table, options: Options) -> Table:
         if found is None:
             return "none"
         text = f"{found['weights_remaining']:.1%} (level {found['level']})"
-        return text + ", the last level" if found["all_levels"] else text
+        text += ", the last level" if found["all_levels"] else ""
+        return text + (f"; not at {', '.join(f'{g:.1%}' for g in found['gaps'])}" if found["gaps"] else "")
 
     out = []
     for entry in entries:
@@ -294,9 +294,9 @@ def matching_table(table: pa.Table, options: Options) -> Table:
     return Table("matching", "Matching subnetworks", ("setting", "dense", "tolerance",
                  *(f"{v} matching down to" for v in variants), "best ticket"), tuple(out),
                  f"A level is matching when its mean {options.accuracy.replace('_', ' ')} over seeds is at least "
-                 f"dense's minus the tolerance ({rule}). 'Down to' is the fewest weights remaining at which every "
-                 "level from the first pruned one on is matching; 'the last level' means the sweep stopped "
-                 "pruning before the ticket stopped matching.")
+                 f"dense's minus the tolerance ({rule}). 'Down to' is the pruned level with the fewest weights "
+                 "remaining that is matching; 'not at' lists denser levels that are not; 'the last level' means "
+                 "the sweep stopped pruning before the ticket stopped matching.")
 
 
 def _mean_std(mean: float | None, std: float | None) -> str:

@@ -11,7 +11,7 @@ import pytest
 import ray
 import yaml
 
-from orchestrator import tuner
+from orchestrator import report, tuner
 from orchestrator.cli import main
 from orchestrator.spec import parse_sweep
 from tests.mlflow_helpers import Server, assert_level_with_parquet, history, rest, sweep_runs, tags
@@ -145,6 +145,18 @@ def test_a_stability_sweep_on_mnist5k_lands_in_parquet_and_mlflow(tmp_path, log,
             assert history(server.url, run_id, f"path/{split}_error_r0") == list(zip(along.alpha_index, along.error))
         files = {f["path"] for f in rest(server.url, "artifacts/list", run_id=run_id)["files"]}
         assert {"error_vs_alpha.png", "stability.csv", "stability_summary.csv"} <= files
+
+    # Its report: instability against k per sparsity and the error along the path, IMP figures skipped.
+    built = report.build(report.load([str(folder)])[0], report.Options(), "lmc")
+    assert [f.name for f in built.figures] == ["instability_vs_rewind_iteration", "error_along_path"]
+    assert len(built.notes) == 1 and built.notes[0].startswith("skipped accuracy and early-stop")
+    instability = built.figures[0]
+    assert instability.xscale == "symlog" and [p.title for p in instability.panels] == ["test error", "train error"]
+    lines = {s.label: s for s in instability.panels[0].series}
+    level_1 = next(label for label in lines if label.startswith("level 1 ("))
+    assert lines[level_1].x == (0, 100)
+    expected = summary[(summary.level == 1) & (summary.split == "test")].sort_values("rewind_iter").instability
+    assert lines[level_1].y == pytest.approx(list(expected * 100))
 
 
 def test_a_stability_sweep_analyses_the_masks_of_a_finished_imp_sweep(tmp_path, log, server):
