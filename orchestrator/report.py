@@ -17,7 +17,6 @@ a figure shows as well as the drawing. The figures follow the papers:
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime
 import html
 import io
@@ -327,7 +326,7 @@ def _sparsity(level: int, remaining: float) -> str:
 def instability_figure(table: pa.Table, options: Options) -> Figure:
     keys, rows = store.stability_summary(table)
     others = [k for k in keys if k not in STABILITY_AXES]
-    lines, panels = layout(others, rows, dataclasses.replace(options, variants=()))
+    lines, panels = layout(others, rows, options)
     ks = sorted({r["rewind_iter"] for r in rows})
     positive = [k for k in ks if k > 0]
     threshold = rows[0]["threshold"] * 100
@@ -358,7 +357,7 @@ def instability_figure(table: pa.Table, options: Options) -> Figure:
 def path_figure(table: pa.Table, options: Options) -> Figure:
     df = table.to_pandas()
     keys = [k for k in store.settings(df) if k not in STABILITY_AXES]
-    lines, panels = layout(keys, df[keys].to_dict("records") if keys else [{}], dataclasses.replace(options, variants=()))
+    lines, panels = layout(keys, df[keys].to_dict("records") if keys else [{}], options)
     grouped = df.groupby([*keys, "level", "split", "rewind_iter", "alpha_index"], dropna=False, sort=True).agg(
         alpha=("alpha", "first"), error=("error", "mean"), remaining=("weights_remaining", "mean")).reset_index()
     records = store.clean(grouped.to_dict("records"))
