@@ -105,6 +105,7 @@ class TrainConfig:
     warmup: str = duration("0it")  # linear from 0; Frankle & Carbin 2019, §4: 10K (VGG) / 20K (ResNet)
     eval_every: str = duration("1000it")  # resolution of the early-stop iteration
     data_seed: int | None = None  # SGD noise (data order, augmentation); None: the run's seed
+    precision: Literal["fp32", "bf16"] = "fp32"  # the papers train in fp32; bf16: autocast, BatchNorm and loss in fp32
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -216,6 +217,8 @@ class RuntimeConfig:
 
     device: str = "auto"  # auto: CUDA when present, else CPU
     eval_batch_size: int = 2000
+    channels_last: bool = False  # conv nets in NHWC memory layout (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile each model once per run; every level reuses the compiled code
 
     def problems(self) -> list[tuple[str, str]]:
         out = []

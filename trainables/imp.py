@@ -44,7 +44,7 @@ from trainables.pruning import prune, random_like
 from trainables.registry import Registry
 from trainables.results import HISTORY_SCHEMA, LEVELS_SCHEMA, append_rows, read_table, replacing, table_of, \
     write_atomic
-from trainables.train import Evaluation, Evaluator, make_optimizer, summarize, train
+from trainables.train import Evaluation, Evaluator, for_speed, make_optimizer, summarize, train
 
 
 class CheckpointError(RuntimeError):
@@ -182,7 +182,9 @@ class Trainer:
         return point
 
     def new_model(self, seed: int) -> nn.Module:
-        return build_model(self.cfg.model, self.data.input_shape, self.data.num_classes, seed).to(self.device)
+        cfg = self.cfg
+        model = build_model(cfg.model, self.data.input_shape, self.data.num_classes, seed).to(self.device)
+        return for_speed(model, cfg.train.precision, cfg.runtime.channels_last, cfg.runtime.compile)
 
     def describe(self) -> dict[str, Any]:
         """The run's identity and hyperparameters, as result-table columns."""
@@ -194,7 +196,12 @@ class Trainer:
                 "weight_decay": cfg.train.weight_decay, "batch_size": cfg.train.batch_size,
                 "warmup_iters": self.iterations(cfg.train.warmup), "rewind_iter": self.iterations(cfg.imp.rewind_iter),
                 "prune_strategy": cfg.prune.strategy, "prune_scope": cfg.prune.scope, "prune_rate": rates("linear"),
-                "prune_conv_rate": rates("conv"), "prune_output_rate": rates("output")}
+                "prune_conv_rate": rates("conv"), "prune_output_rate": rates("output"), **self.speed()}
+
+    def speed(self) -> dict[str, Any]:
+        """How this run executes, as result-table columns (`results.SPEED_COLUMNS`)."""
+        return {"precision": self.cfg.train.precision, "channels_last": self.cfg.runtime.channels_last,
+                "compiled": self.cfg.runtime.compile, "device": self.device.type}
 
     def train(self, level: int, variant: str, start: Start, begin: int,
               extra: Sequence = ()) -> tuple[list[dict], list[dict]]:
@@ -204,7 +211,7 @@ class Trainer:
         self.reporter.training(level, variant, begin, self.end_iter, remaining)
         self.trainings += 1
         evaluator = Evaluator(start.model, self.data, self.eval_every, cfg.runtime.eval_batch_size,
-                              on_record=lambda e: self.reporter.evaluated(level, variant, e, self.end_iter))
+                              precision=cfg.train.precision, on_record=lambda e: self.reporter.evaluated(level, variant, e, self.end_iter))
         started, tic = datetime.now(timezone.utc), time.perf_counter()
         train(start.model, start.optimizer, self.data, cfg.train, data_seed=cfg.data_seed, start=begin,
               keep_mask=start.mask.applier(start.model), callbacks=[evaluator, *extra])

@@ -18,6 +18,14 @@ import pyarrow.parquet as pq
 
 VARIANTS = ("dense", "ticket", "reinit", "random_mask")
 
+# How a run executed (`train.precision`, `runtime`): what its numbers and timings were measured with.
+SPEED_COLUMNS = [
+    ("precision", pa.string()),  # fp32, or bf16 (autocast; BatchNorm and the loss in fp32)
+    ("channels_last", pa.bool_()),  # conv weights in NHWC layout
+    ("compiled", pa.bool_()),  # torch.compile
+    ("device", pa.string()),  # cpu, cuda, ...: where train_seconds was measured
+]
+
 # One row per (level, variant) of an IMP run: its identity, the hyperparameters studies sweep
 # (durations in iterations), and the results. A sweep's table adds the sweep and trial columns.
 LEVELS_SCHEMA = pa.schema([
@@ -40,6 +48,7 @@ LEVELS_SCHEMA = pa.schema([
     ("prune_rate", pa.float64()),  # per level, fully connected layers
     ("prune_conv_rate", pa.float64()),  # per level, conv layers (resolved)
     ("prune_output_rate", pa.float64()),  # per level, the output layer (resolved)
+    *SPEED_COLUMNS,
     ("level", pa.int64()),
     ("variant", pa.string()),  # one of VARIANTS
     ("weights_remaining", pa.float64()),  # kept fraction of prunable weights
@@ -112,6 +121,7 @@ STABILITY_SUMMARY_SCHEMA = pa.schema([
     ("threshold", pa.float64()),
     ("stable", pa.bool_()),  # instability < threshold
     ("alpha_points", pa.int64()),
+    *SPEED_COLUMNS,
     ("bn", pa.string()),
     ("bn_batches", pa.int64()),  # batches BatchNorm statistics were re-estimated on; null for interpolate
     ("train_seconds", pa.float64()),  # training both copies

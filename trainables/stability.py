@@ -42,7 +42,7 @@ from trainables.imp import DenseRun, ImpRun, Reporter, Start, Trainer, _claim, d
 from trainables.masks import Mask
 from trainables.results import STABILITY_PATH_SCHEMA, STABILITY_SUMMARY_SCHEMA, append_rows, read_table, \
     write_atomic
-from trainables.train import evaluate, optimizer_for, run_steps
+from trainables.train import autocast, evaluate, optimizer_for, run_steps
 
 # ---------------------------------------------------------------------------------------------
 # training the copies
@@ -73,13 +73,15 @@ def train_twins(start: Start, data: Dataset, cfg: TrainConfig, data_seeds: Seque
     optimizer = optimizer_for(leaves, cfg)
     optimizer.load_state_dict(_stacked_optimizer_state(start.optimizer, leaves, copies))
     base = copy.deepcopy(start.model).to("meta").train()  # the structure only; tensors come from the stacks
+    base._compiled_call_impl = None  # runtime.compile: the stacked copies run eagerly under vmap
 
     forward = torch.vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))
     batches = [data.train_batches(cfg.batch_size, seed) for seed in data_seeds]
 
     def loss(it: int) -> Tensor:
         xs, ys = zip(*(b(it) for b in batches))
-        logits = forward(params, buffers, torch.stack(xs)).flatten(0, 1)
+        with autocast(xs[0].device, cfg.precision):
+            logits = forward(params, buffers, torch.stack(xs)).flatten(0, 1).float()
         # The sum of the copies' mean losses (one call: cheaper than under vmap), so each copy's
         # gradient is exactly that of its own loss.
         return F.cross_entropy(logits, torch.cat(ys), reduction="sum") / len(ys[0])
@@ -124,8 +126,8 @@ def alpha_grid(points: int) -> list[float]:
 
 
 def path_metrics(model: nn.Module, ends: Sequence[Mapping[str, Tensor]], data: Dataset, alphas: Sequence[float],
-                 splits: Sequence[str], batch_size: int,
-                 recompute: Callable[[nn.Module], None] | None = None) -> dict[str, list[float]]:
+                 splits: Sequence[str], batch_size: int, recompute: Callable[[nn.Module], None] | None = None,
+                 precision: str = "fp32") -> dict[str, list[float]]:
     """"{split}_error" and "{split}_loss" of the network interpolated between `ends` at each alpha, loaded
     into `model` (its BatchNorm statistics re-estimated by `recompute` first, if given). One host read.
 
@@ -135,7 +137,7 @@ def path_metrics(model: nn.Module, ends: Sequence[Mapping[str, Tensor]], data: D
         model.load_state_dict(interpolate(*ends, a))
         if recompute is not None:
             recompute(model)
-        metrics = evaluate(model, data, splits, batch_size)
+        metrics = evaluate(model, data, splits, batch_size, precision)
         records.append(torch.stack([v for s in splits for v in (1 - metrics[f"{s}_accuracy"], metrics[f"{s}_loss"])]))
     columns = torch.stack(records).T.tolist()
     return dict(zip([f"{s}_{m}" for s in splits for m in ("error", "loss")], columns))
@@ -188,7 +190,7 @@ def analyse(start: Start, data: Dataset, cfg: Config, begin: int, data_seeds: tu
         recompute = partial(recompute_bn, batches=batches, count=bn_batches)
     points = alpha_grid(st.alpha_points)
     curve = path_metrics(copy.deepcopy(start.model), ends, data, points, st.splits, cfg.runtime.eval_batch_size,
-                         recompute)
+                         recompute, cfg.train.precision)
     return Pair(tuple(data_seeds), ends, points, curve, bn_batches, seconds)
 
 
@@ -280,7 +282,7 @@ class StabilityRun(Trainer):
                 "split": s, "data_seed_1": seeds[0], "data_seed_2": seeds[1], "error_1": errors[0],
                 "error_2": errors[-1], "max_error": max(errors), "barrier_kind": st.barrier, "instability": value,
                 "threshold": st.threshold, "stable": value < st.threshold, "alpha_points": st.alpha_points,
-                "bn": st.bn, "bn_batches": pair.bn_batches, "train_seconds": pair.train_seconds,
+                **self.speed(), "bn": st.bn, "bn_batches": pair.bn_batches, "train_seconds": pair.train_seconds,
                 "finished_at": now})
         append_rows(self.path_file, STABILITY_PATH_SCHEMA, path_rows)
         append_rows(self.summary_file, STABILITY_SUMMARY_SCHEMA, summary_rows)  # the commit point

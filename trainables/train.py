@@ -42,6 +42,30 @@ class Schedule:
         return warm * self.gamma ** bisect.bisect_right(self.milestones, it)
 
 
+def autocast(device: torch.device, precision: str):
+    """bf16: matmuls and convolutions in bfloat16; fp32 (the papers'): nothing changes."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _float_input(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() for a in args)
+
+
+def for_speed(model: nn.Module, precision: str, channels_last: bool, compile: bool) -> nn.Module:
+    """`model` set up to run as configured: BatchNorm kept in fp32 under bf16 autocast, NHWC weights for
+    conv nets, compiled in place (new instances of the same class reuse the compiled code, and masks
+    applied in place between steps change no guard, so no level recompiles)."""
+    if precision == "bf16":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.register_forward_pre_hook(_float_input)
+    if channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+    if compile:
+        model.compile()
+    return model
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return optimizer_for([p for p in model.parameters() if p.requires_grad], cfg)
 
@@ -71,7 +95,9 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, cfg
 
     def loss(it: int) -> Tensor:
         x, y = batches(it)
-        return F.cross_entropy(model(x), y)
+        with autocast(x.device, cfg.precision):
+            logits = model(x)
+        return F.cross_entropy(logits.float(), y)
 
     model.train()
     run_steps(loss, optimizer, cfg, data.steps_per_epoch(cfg.batch_size), start=start, stop=stop,
@@ -126,6 +152,7 @@ class Evaluator:
     every: int
     batch_size: int
     splits: tuple[str, ...] = ("val", "test")
+    precision: str = "fp32"
     records: list[Evaluation] = field(default_factory=list)
     on_record: Callable[[Evaluation], None] | None = None
 
@@ -133,7 +160,8 @@ class Evaluator:
         return [start, *range(start - start % self.every + self.every, end, self.every), end]
 
     def __call__(self, it: int) -> None:
-        self.records.append(Evaluation(it, evaluate(self.model, self.data, self.splits, self.batch_size)))
+        self.records.append(Evaluation(it, evaluate(self.model, self.data, self.splits, self.batch_size,
+                                                    self.precision)))
         if self.on_record:
             self.on_record(self.records[-1])
 
@@ -144,7 +172,8 @@ class Evaluator:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, splits: Iterable[str], batch_size: int) -> dict[str, Tensor]:
+def evaluate(model: nn.Module, data: Dataset, splits: Iterable[str], batch_size: int,
+             precision: str = "fp32") -> dict[str, Tensor]:
     """"{split}_loss" and "{split}_accuracy" of `model` in eval mode, as device scalars (no host sync)."""
     was_training = model.training
     model.eval()
@@ -152,7 +181,8 @@ def evaluate(model: nn.Module, data: Dataset, splits: Iterable[str], batch_size:
     for split in splits:
         loss = correct = count = 0
         for x, y in data.eval_batches(split, batch_size):
-            logits = model(x)
+            with autocast(x.device, precision):
+                logits = model(x).float()
             loss = loss + F.cross_entropy(logits, y, reduction="sum")
             correct = correct + (logits.argmax(1) == y).sum()
             count += len(y)
