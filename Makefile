@@ -18,5 +18,5 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed
-	$(PY) bench/loop_speed.py
+	$(PY) bench/speed.py
 	$(PY) bench/sweep_overhead.py

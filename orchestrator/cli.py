@@ -160,7 +160,12 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     if tuner.exists(spec):
         raise ConfigError(spec.source, [f"name: the sweep folder {spec.experiment} already exists. To finish it: "
                                         f"lth sweep resume {spec.experiment}; to start another, pass --name"])
-    if tuner.init_ray(args.address, args.num_cpus):
+    local = tuner.init_ray(args.address, args.num_cpus)
+    if args.pack == "auto":
+        from orchestrator.packing import pack
+
+        spec = pack(spec, local)
+    if local:
         tuner.check_resources(spec)
     return _finish(spec, tuner.run(spec, tracking_uri=args.tracking_uri))
 
@@ -462,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     srun.add_argument("--tracking-uri", help="an MLflow server (http://HOST:PORT) or store URI (default: "
                                              "$MLFLOW_TRACKING_URI, else the file's tracking.uri, else "
                                              "<storage>/mlflow.db)")
+    srun.add_argument("--pack", choices=["auto", "off"], default="off",
+                      help="auto: probe a trial's peak GPU memory and pack as many trials per GPU as fit "
+                           "(sets resources.gpu to a fraction); off: resources as in the file")
     srun.set_defaults(func=cmd_sweep_run)
     resume = sweep.add_parser("resume", parents=[ray_args], help="finish an interrupted sweep")
     resume.add_argument("--tracking-uri", help="log to this MLflow server from now on (default: the sweep's store)")

@@ -56,6 +56,7 @@ def save_spec(spec: SweepSpec) -> None:
     """Store the sweep, its base config fully resolved, in the sweep folder."""
     raw = yaml.safe_load(spec.text)
     raw["base"] = to_dict(spec.base)
+    raw["resources"] = dataclasses.asdict(spec.resources)  # as run: `--pack auto` may have changed them
     fs, root = filesystem(spec.experiment)
     fs.create_dir(root, recursive=True)
     with fs.open_output_stream(f"{root}/{store.SWEEP_FILE}") as f:

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from trainables.config import config_hash, from_dict
-from trainables.imp import ImpRun, Reporter
+from orchestrator.packing import gpu_fraction, pack
+from tests.sweep_helpers import sweep_spec
+from trainables.imp import ImpRun, Reporter, peak_memory
 from trainables.masks import Mask
 from trainables.train import autocast, for_speed
 
@@ -98,3 +100,26 @@ def test_compile_once_for_all_levels_and_within_tolerance(tmp_path):
     assert compiled.compiled.all() and not eager.compiled.any()
     assert (compiled.test_accuracy - eager.test_accuracy).abs().max() <= 0.03
     assert_pruned_weights_zero(tmp_path / "compiled", 2)
+
+
+def test_gpu_fraction_packs_as_many_trials_as_fit():
+    mib, gib = 2**20, 2**30
+    assert gpu_fraction(100 * mib, 80 * gib) == 1 / 8  # LeNet on an H100: capped at 8 per card
+    assert gpu_fraction(3 * gib, 24 * gib) == 1 / 4  # 3 GiB x 1.5 + context: four on an A10G
+    assert gpu_fraction(20 * gib, 24 * gib) == 1.0  # VGG-19-sized: a card each
+
+
+def test_pack_auto_without_a_gpu_leaves_resources_alone(log, capsys):
+    spec = sweep_spec(log.parent, resources={"cpu": 1})
+    assert pack(spec, local=True) is spec
+    assert "has no GPU" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_peak_memory_probe_on_cuda_and_the_suggested_fraction(log):
+    cfg = config(**{"runtime.device": "cuda"})
+    peak = peak_memory(cfg)
+    total = torch.cuda.get_device_properties(0).total_memory
+    assert 0 < peak < total and 0 < gpu_fraction(peak, total) <= 1
+    assert peak_memory(config()) is None  # on CPU there is nothing to measure

@@ -44,7 +44,7 @@ from trainables.pruning import prune, random_like
 from trainables.registry import Registry
 from trainables.results import HISTORY_SCHEMA, LEVELS_SCHEMA, append_rows, read_table, replacing, table_of, \
     write_atomic
-from trainables.train import Evaluation, Evaluator, for_speed, make_optimizer, summarize, train
+from trainables.train import Evaluation, Evaluator, evaluate, for_speed, make_optimizer, summarize, train
 
 
 class CheckpointError(RuntimeError):
@@ -221,6 +221,20 @@ class Trainer:
                **summarize(curve), "start_iter": begin, "end_iter": self.end_iter, "train_seconds": seconds,
                "started_at": started, "finished_at": datetime.now(timezone.utc)}
         return [row], [{"level": level, "variant": variant, **h} for h in curve]
+
+
+def peak_memory(cfg: Config, iterations: int = 20) -> int | None:
+    """Bytes of GPU memory one run of `cfg` holds at its peak (data on the device, model, optimiser, a
+    training step and an evaluation), measured over `iterations` steps; None off CUDA."""
+    trainer = Trainer(cfg, None)
+    if trainer.device.type != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats(trainer.device)
+    model = trainer.new_model(cfg.seed)
+    train(model, make_optimizer(model, cfg.train), trainer.data, cfg.train, data_seed=cfg.data_seed, stop=iterations)
+    evaluate(model, trainer.data, ("val", "test"), cfg.runtime.eval_batch_size, cfg.train.precision)
+    torch.cuda.synchronize(trainer.device)
+    return torch.cuda.max_memory_reserved(trainer.device)
 
 
 class DenseRun(Trainer):
