@@ -72,8 +72,9 @@ def train_twins(start: Start, data: Dataset, cfg: TrainConfig, data_seeds: Seque
     leaves = list(params.values())
     optimizer = optimizer_for(leaves, cfg)
     optimizer.load_state_dict(_stacked_optimizer_state(start.optimizer, leaves, copies))
-    base = copy.deepcopy(start.model).to("meta").train()  # the structure only; tensors come from the stacks
-    base._compiled_call_impl = None  # runtime.compile: the stacked copies run eagerly under vmap
+    # The structure only (tensors come from the stacks); a copy is never compiled (runtime.compile), so
+    # the stacked copies run eagerly under vmap.
+    base = copy.deepcopy(start.model).to("meta").train()
 
     forward = torch.vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))
     batches = [data.train_batches(cfg.batch_size, seed) for seed in data_seeds]
