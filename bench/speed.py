@@ -5,8 +5,8 @@ it is on disk, else synthetic data of the same shape and size), a pruned level (
 every step) is trained three ways:
 - engine: `trainables.train.train`, as an IMP run trains (uint8 data on the device, batched
   augmentation, no host syncs), with the speed options given (--precision, --channels-last, --compile);
-- plain: a hand-written loop, the ceiling: normalised float tensors on the device, a permutation per
-  epoch, `index_select`, the same augmentation written with advanced indexing, `w.mul_(mask)`;
+- plain: a hand-written loop, the ceiling: normalised (and padded) float tensors on the device, prepared
+  once outside the timing, a permutation per epoch, `index_select`, the same augmentation written with advanced indexing, `w.mul_(mask)`;
 - dataloader: the conventional pipeline: a torchvision-transforms Dataset (per-image crop, flip,
   normalise), `DataLoader` (shuffle, workers, pinned memory on CUDA), batches copied to the device.
 Each is timed after a warm-up, alternating, the median of --repeats kept; images/s and the seconds one
@@ -65,8 +65,24 @@ def model_config(arch: str, args: argparse.Namespace) -> Config:
                                  "data.test_size": 1000, "data.augment": augment})
 
 
-def plain_loop(model, data, iterations: int, cfg: Config, masks: dict, seed: int = 0) -> None:
+def step(model, optimizer, pairs, x, y) -> None:
+    """One hand-written SGD step with the masks re-applied."""
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        for weight, mask in pairs:
+            weight.mul_(mask)
+
+
+def prepared(data) -> torch.Tensor:
+    """The hand-written loop's training images: normalised floats, padded for cropping (done once, untimed)."""
     x = data.normalise(data.x_train)
+    return F.pad(x, (4, 4, 4, 4)) if data.augment else x
+
+
+def plain_loop(model, data, x: torch.Tensor, iterations: int, cfg: Config, masks: dict, seed: int = 0) -> None:
     y = data.y_train
     optimizer = make_optimizer(model, cfg.train)
     pairs = [(model.get_submodule(n).weight, m.to(x.device, torch.float32)) for n, m in masks.items()]
@@ -74,7 +90,6 @@ def plain_loop(model, data, iterations: int, cfg: Config, masks: dict, seed: int
     batch, (c, h, w) = cfg.train.batch_size, data.input_shape
     steps = len(x) // batch
     if data.augment:
-        x = F.pad(x, (4, 4, 4, 4))
         rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         image, channel = torch.arange(batch, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)
     model.train()
@@ -88,13 +103,7 @@ def plain_loop(model, data, iterations: int, cfg: Config, masks: dict, seed: int
             xb = xb[image, channel[None, :, None, None], (dy[:, None] + rows)[:, None, :, None],
                     (dx[:, None] + cols)[:, None, None, :]]
             xb = torch.where((flip % 2 == 1)[:, None, None, None], xb.flip(3), xb)
-        loss = F.cross_entropy(model(xb), y.index_select(0, idx))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            for weight, mask in pairs:
-                weight.mul_(mask)
+        step(model, optimizer, pairs, xb, y.index_select(0, idx))
 
 
 def dataloader_loop(model, data, iterations: int, cfg: Config, masks: dict, workers: int) -> None:
@@ -124,13 +133,7 @@ def dataloader_loop(model, data, iterations: int, cfg: Config, masks: dict, work
     it = 0
     while it < iterations:
         for xb, yb in loader:
-            loss = F.cross_entropy(model(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                for weight, mask in pairs:
-                    weight.mul_(mask)
+            step(model, optimizer, pairs, xb.to(device, non_blocking=True), yb.to(device, non_blocking=True))
             it += 1
             if it == iterations:
                 break
@@ -154,9 +157,11 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
         model = fresh()
         train(model, make_optimizer(model, cfg.train), data, cfg.train, data_seed=0, keep_mask=mask.applier(model))
 
+    images = prepared(data)
+
     def plain():
-        plain_loop(build_model(cfg.model, data.input_shape, data.num_classes, 0).to(device), data, iterations, cfg,
-                   mask.tensors)
+        plain_loop(build_model(cfg.model, data.input_shape, data.num_classes, 0).to(device), data, images, iterations,
+                   cfg, mask.tensors)
 
     def loader():
         dataloader_loop(build_model(cfg.model, data.input_shape, data.num_classes, 0).to(device), data, iterations,

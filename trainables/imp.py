@@ -211,7 +211,8 @@ class Trainer:
         self.reporter.training(level, variant, begin, self.end_iter, remaining)
         self.trainings += 1
         evaluator = Evaluator(start.model, self.data, self.eval_every, cfg.runtime.eval_batch_size,
-                              precision=cfg.train.precision, on_record=lambda e: self.reporter.evaluated(level, variant, e, self.end_iter))
+                              precision=cfg.train.precision,
+                              on_record=lambda e: self.reporter.evaluated(level, variant, e, self.end_iter))
         started, tic = datetime.now(timezone.utc), time.perf_counter()
         train(start.model, start.optimizer, self.data, cfg.train, data_seed=cfg.data_seed, start=begin,
               keep_mask=start.mask.applier(start.model), callbacks=[evaluator, *extra])
