@@ -243,15 +243,9 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def _sweep_identity(directory: str) -> dict[str, Any] | None:
     """A sweep folder's sweep.json: its id, tracking URI and experiment."""
-    from orchestrator import tracking
-    from orchestrator.dense_cache import filesystem
+    from orchestrator import store, tracking
 
-    fs, root = filesystem(directory)
-    try:
-        with fs.open_input_stream(f"{root}/{tracking.SWEEP_FILE_JSON}") as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return None
+    return store.read_json(directory, tracking.SWEEP_FILE_JSON)
 
 
 def _tracking_of(directory: str) -> tuple[str | None, str | None]:

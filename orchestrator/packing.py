@@ -47,7 +47,8 @@ def suggest(spec: SweepSpec, local: bool) -> tuple[float | None, str]:
     """(GPU fraction per trial, a line saying why); None where there is no GPU to probe on."""
     if local and not ray.cluster_resources().get("GPU"):
         return None, "--pack auto: this Ray instance has no GPU; trials keep resources as in the sweep file"
-    configs = [spec.trial_config(t) for t in spec.grid()] if spec.grid() is not None else [spec.base]
+    trials = spec.grid()
+    configs = [spec.trial_config(t) for t in trials] if trials is not None else [spec.base]
     shapes = {_shape(c): c.with_updates({"runtime.device": "cuda"}) for c in configs}
     probes = ray.get([_probe.remote(c) for c in shapes.values()])
     peak, total, name = max(probes)

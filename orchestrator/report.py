@@ -35,6 +35,7 @@ STYLES = {"ticket": ("-", "o"), "dense": ("-", "o"), "reinit": ("--", "s"), "ran
 DEFAULT_VARIANTS = ("ticket", "reinit", "random_mask")
 MAX_LINES = 4  # settings per panel before the default layout splits them into panels
 STABILITY_AXES = ("imp.rewind_iter", "stability.level")  # the x axis and the per-sparsity lines, not settings
+Summary = tuple[list[str], list[dict[str, Any]]]  # (setting keys, rows): `store.summary`, `store.stability_summary`
 
 
 @dataclass(frozen=True)
@@ -204,8 +205,9 @@ def _seeds_note(rows: Sequence[Mapping[str, Any]]) -> str:
     return f"{seeds[0]} seed(s)" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds"
 
 
-def accuracy_figure(table: pa.Table, options: Options) -> Figure:
-    keys, rows = store.summary(table, options.accuracy)
+def accuracy_figure(summary: Summary, options: Options) -> Figure:
+    """From `store.summary` of `options.accuracy`."""
+    keys, rows = summary
     what = "at the end of training" if options.accuracy == "test_accuracy" else "at the early-stop iteration"
     return by_weights(rows, keys, options, name="accuracy_vs_weights_remaining",
                       title=f"Test accuracy {what} vs. weights remaining", ylabel="test accuracy (%)",
@@ -214,8 +216,9 @@ def accuracy_figure(table: pa.Table, options: Options) -> Figure:
                               "layer-wise sparsity; the band is the dense network's mean ± std.")
 
 
-def early_stop_figure(table: pa.Table, options: Options) -> Figure:
-    keys, rows = store.summary(table, "early_stop_iter")
+def early_stop_figure(summary: Summary, options: Options) -> Figure:
+    """From `store.summary` of `early_stop_iter`."""
+    keys, rows = summary
     return by_weights(rows, keys, options, name="early_stop_vs_weights_remaining",
                       title="Early-stop iteration (minimum validation loss) vs. weights remaining",
                       ylabel="early-stop iteration", scale=1.0,
@@ -268,8 +271,9 @@ def matching(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], variants: S
     return out
 
 
-def matching_table(table: pa.Table, options: Options) -> Table:
-    keys, rows = store.summary(table, options.accuracy)
+def matching_table(summary: Summary, options: Options) -> Table:
+    """From `store.summary` of `options.accuracy`."""
+    keys, rows = summary
     variants = [v for v in options.variants if any(r.get(f"{v}_mean") is not None for r in rows if r["level"] > 0)]
     entries = matching(keys, rows, variants, options.tolerance)
 
@@ -304,8 +308,9 @@ def _mean_std(mean: float | None, std: float | None) -> str:
     return f"{mean:.2%}" if std is None else f"{mean:.2%} ± {std:.2%}"
 
 
-def summary_table(table: pa.Table, options: Options) -> Table:
-    keys, rows = store.summary(table, options.accuracy)
+def summary_table(summary: Summary, options: Options) -> Table:
+    """From `store.summary` of `options.accuracy`."""
+    keys, rows = summary
     variants = [v for v in options.variants if any(r.get(f"{v}_mean") is not None for r in rows)]
     return Table("summary", f"{options.accuracy.replace('_', ' ').capitalize()} per level",
                  ("setting", "level", "remaining", "seeds", *variants),
@@ -323,8 +328,9 @@ def _sparsity(level: int, remaining: float) -> str:
     return "dense" if level == 0 else f"level {level} ({remaining:.1%} remaining)"
 
 
-def instability_figure(table: pa.Table, options: Options) -> Figure:
-    keys, rows = store.stability_summary(table)
+def instability_figure(summary: Summary, options: Options) -> Figure:
+    """From `store.stability_summary`."""
+    keys, rows = summary
     others = [k for k in keys if k not in STABILITY_AXES]
     lines, panels = layout(others, rows, options)
     ks = sorted({r["rewind_iter"] for r in rows})
@@ -377,8 +383,9 @@ def path_figure(table: pa.Table, options: Options) -> Figure:
                   "interpolation α", "error (%)", tuple(out))
 
 
-def stability_table(table: pa.Table) -> Table:
-    keys, rows = store.stability_summary(table)
+def stability_table(summary: Summary) -> Table:
+    """From `store.stability_summary`."""
+    keys, rows = summary
     return Table("stability", "Instability per setting", ("setting", "split", "k", "remaining", "pairs",
                                                           "instability", "endpoint error", "stable pairs"),
                  tuple((_label(keys, [r[k] for k in keys]), r["split"], str(r["rewind_iter"]),
@@ -401,14 +408,17 @@ def build(tables: Mapping[str, pa.Table], options: Options, title: str, header: 
     report = Report(title, header)
     results, path, summary = (tables.get(n) for n in (store.RESULTS_FILE, store.PATH_FILE, store.SUMMARY_FILE))
     if results is not None and results.num_rows:
-        report.figures += [accuracy_figure(results, options), early_stop_figure(results, options)]
-        report.tables += [matching_table(results, options), summary_table(results, options)]
+        accuracy = store.summary(results, options.accuracy)  # once: the figure and both tables share it
+        report.figures += [accuracy_figure(accuracy, options),
+                           early_stop_figure(store.summary(results, "early_stop_iter"), options)]
+        report.tables += [matching_table(accuracy, options), summary_table(accuracy, options)]
     else:
         report.notes.append(f"skipped accuracy and early-stop vs. weights remaining and the matching table: no IMP "
                             f"results ({store.RESULTS_FILE}); they come from IMP sweeps (`kind: imp`)")
     if summary is not None and summary.num_rows:
-        report.figures.append(instability_figure(summary, options))
-        report.tables.append(stability_table(summary))
+        stability = store.stability_summary(summary)
+        report.figures.append(instability_figure(stability, options))
+        report.tables.append(stability_table(stability))
     else:
         report.notes.append(f"skipped instability vs. rewind iteration: no stability results ({store.SUMMARY_FILE}); "
                             "they come from stability sweeps (`kind: stability`, e.g. sweeps/stability_lenet.yaml)")

@@ -66,6 +66,16 @@ def read_results(directory: str, name: str = RESULTS_FILE) -> pa.Table:
         return SWEEP_SCHEMAS[name].empty_table()
 
 
+def read_json(directory: str, name: str) -> dict[str, Any] | None:
+    """A JSON file in a sweep folder (sweep.json), or None if there is none."""
+    fs, root = filesystem(directory)
+    try:
+        with fs.open_input_stream(f"{root}/{name}") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
 def checkpoint_rows(fs: pafs.FileSystem, path: str, name: str = RESULTS_FILE) -> pa.Table | None:
     """One of a trial checkpoint's tables, or None if it has none that can be read."""
     try:

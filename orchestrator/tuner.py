@@ -78,19 +78,10 @@ def load_saved_spec(directory: str) -> SweepSpec:
     return dataclasses.replace(spec, storage=storage, name=Path(root).name)
 
 
-def _read_json(directory: str, name: str) -> dict[str, Any] | None:
-    fs, root = filesystem(directory)
-    try:
-        with fs.open_input_stream(f"{root}/{name}") as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return None
-
-
 def identity(spec: SweepSpec, tracking_uri: str | None = None) -> dict[str, Any]:
     """The sweep's id and MLflow location, fixed at its first launch (`sweep.json` in its folder);
     a `tracking_uri` given later (to resume against a server) replaces the stored one."""
-    stored = _read_json(spec.experiment, tracking.SWEEP_FILE_JSON)
+    stored = store.read_json(spec.experiment, tracking.SWEEP_FILE_JSON)
     if stored is None or tracking_uri:
         uri = tracking.resolve_uri(tracking_uri, spec.tracking.uri, spec.storage) if spec.tracking.enabled else None
         stored = {"sweep_id": (stored or {}).get("sweep_id") or uuid.uuid4().hex[:12], "tracking_uri": uri,

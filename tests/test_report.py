@@ -78,7 +78,7 @@ def values_of(variant: str, lr: float, column: str = "test_accuracy") -> tuple[l
 
 
 def test_accuracy_figure_has_a_line_per_setting_and_variant_with_seed_statistics():
-    figure = report.accuracy_figure(imp_table(), report.Options())
+    figure = report.accuracy_figure(store.summary(imp_table()), report.Options())
     (panel,) = figure.panels  # two settings fit one panel
     series = {s.label: s for s in panel.series}
     assert set(series) == {"lr=0.01: ticket", "lr=0.01: reinit", "lr=0.01: random_mask", "lr=0.1: ticket",
@@ -106,7 +106,7 @@ def test_accuracy_figure_has_a_line_per_setting_and_variant_with_seed_statistics
 
 def test_variants_option_and_early_stop_figure():
     options = report.Options(variants=("ticket",))
-    figure = report.early_stop_figure(imp_table(), options)
+    figure = report.early_stop_figure(store.summary(imp_table(), "early_stop_iter"), options)
     series = {s.label: s for s in figure.panels[0].series}
     assert set(series) == {"lr=0.01: ticket", "lr=0.1: ticket"}
     means, stds = values_of("ticket", 0.1, "early_stop_iter")
@@ -115,16 +115,17 @@ def test_variants_option_and_early_stop_figure():
 
 
 def test_matching_table_from_the_data_and_its_tolerance_flag():
-    table = report.matching_table(imp_table(), report.Options())
+    summary = store.summary(imp_table())
+    table = report.matching_table(summary, report.Options())
     assert table.columns == ("setting", "dense", "tolerance", "ticket matching down to", "reinit matching down to",
                              "random_mask matching down to", "best ticket")
     rows = {row[0]: row for row in table.rows}
     assert rows["lr=0.01"][1:] == ("91.00% ± 1.00%", "1.00%", "64.0% (level 2)", "none", "80.0% (level 1)",
                                    "91.50% at 80.0%")
     assert rows["lr=0.1"][3:5] == ("51.2% (level 3), the last level; not at 80.0%", "none")
-    wide = {row[0]: row for row in report.matching_table(imp_table(), report.Options(tolerance="2std")).rows}
+    wide = {row[0]: row for row in report.matching_table(summary, report.Options(tolerance="2std")).rows}
     assert wide["lr=0.01"][2:4] == ("2.00%", "51.2% (level 3), the last level")
-    points = {row[0]: row for row in report.matching_table(imp_table(), report.Options(tolerance="0.55pt")).rows}
+    points = {row[0]: row for row in report.matching_table(summary, report.Options(tolerance="0.55pt")).rows}
     assert points["lr=0.01"][2:4] == ("0.55%", "64.0% (level 2)")  # 0.905 >= 0.91 - 0.0055 > 0.899
     with pytest.raises(report.ReportError, match="1std"):
         report.parse_tolerance("one std")
@@ -151,7 +152,7 @@ def test_layout_splits_many_settings_into_panels_and_checks_the_keys():
 
 def test_instability_figure_per_sparsity_on_a_log_k_axis_with_the_threshold():
     summary, _ = stability_tables()
-    figure = report.instability_figure(summary, report.Options())
+    figure = report.instability_figure(store.stability_summary(summary), report.Options())
     assert [p.title for p in figure.panels] == ["test error", "train error"]
     assert figure.xscale == "symlog" and figure.linthresh == 100  # k = 0 has a place on the log axis
     series = {s.label: s for s in figure.panels[0].series}
