@@ -52,7 +52,7 @@ def sync(device: torch.device) -> None:
 
 def model_config(arch: str, args: argparse.Namespace) -> Config:
     """The preset's training settings on its real dataset if present, else synthetic data of the same shape."""
-    raw = PRESETS.get(arch).values
+    raw = PRESETS.get(arch)
     cfg = from_dict({**raw, "runtime": {"device": args.device, "channels_last": args.channels_last,
                                         "compile": args.compile}}).with_updates({"train.precision": args.precision})
     try:
@@ -182,7 +182,7 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> di
         for name, fn in ways.items():
             runs[name].append(timed(fn))
     speed = {name: statistics.median(values) for name, values in runs.items()}
-    paper = PRESETS.get(arch).values["train"]["length"]
+    paper = PRESETS.get(arch)["train"]["length"]
     level_iters = to_iterations(paper, data.steps_per_epoch(cfg.train.batch_size))
     return {"arch": arch, "data": f"{cfg.data.dataset} {list(data.input_shape)}", "batch": cfg.train.batch_size,
             "remaining": mask.weights_remaining(), "iterations": iterations, **speed,

@@ -6,10 +6,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.cli import main
-from trainables.config import load_config
+from trainables.catalog import MODELS, load_config
 from trainables.data import load_dataset
 from trainables.masks import prunable_layers
-from trainables.models import MODELS, build_model
+from trainables.models import build_model
 from trainables.presets import PRESETS
 from trainables.pruning import target_kept
 

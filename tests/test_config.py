@@ -1,13 +1,14 @@
 import pytest
 
-from trainables.config import (Config, ConfigError, config_hash, dense_hash, from_dict, load_config, non_default,
-                               run_name, stability_hash, to_dict, to_iterations)
+from trainables.catalog import check, load_config
+from trainables.config import (Config, ConfigError, config_hash, dense_hash, from_dict, non_default, run_name,
+                               stability_hash, to_dict, to_iterations)
 from trainables.presets import PRESETS
 
 
 def problems_of(raw) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        from_dict(raw, "test.yaml")
+        check(raw, "test.yaml")
     assert "test.yaml" in str(info.value)
     return info.value.problems
 

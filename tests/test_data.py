@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from trainables.catalog import DATASETS, data_root
 from trainables.config import ConfigError, DataConfig
-from trainables.data import (DATASETS, Dataset, DatasetNotFoundError, data_root, download_dataset,
-                             load_dataset)
+from trainables.data import Dataset, DatasetNotFoundError, download_dataset, load_dataset
 
 MNIST5K = DataConfig(dataset="mnist5k")
 

@@ -124,7 +124,7 @@ def test_controls_start_where_they_should(tmp_path):
     run = ImpRun(cfg, tmp_path)
     run.run()
     mask = Mask.from_state(torch.load(tmp_path / "checkpoints/level_001/mask.pt"))
-    from trainables.imp import CONTROLS
+    from trainables.catalog import CONTROLS
 
     ticket = run.rewound(mask).model.state_dict()
     reinit = CONTROLS.get("reinit")(run, 1, mask)
@@ -178,7 +178,7 @@ def test_runs_differing_after_dense_training_share_one_dense_run(tmp_path):
     # Only the first run trains the dense network; the first 20it run recreates iteration 20
     # from the stored initial state (not a training run: no evaluation, no results row).
     assert [r.trainings for r in runs] == [1 + 3, 3, 3, 3]
-    assert DenseRun(configs[0], tmp_path / "dense").stored() == [0, 20]
+    assert DenseRun(configs[0], tmp_path / "dense").layout.stored_points() == [0, 20]
     for i, c in enumerate(configs):  # identical to runs that trained their own dense network
         ImpRun(c, tmp_path / f"own{i}").run()
         assert metrics(tmp_path / f"shared{i}").equals(metrics(tmp_path / f"own{i}"))
@@ -190,9 +190,9 @@ def test_a_recreated_rewind_point_equals_the_one_saved_during_dense_training(tmp
     first.ensure([20, 45])
     later = DenseRun(cfg, tmp_path / "later")
     later.ensure([])
-    assert later.stored() == [0] and later.trainings == 1
+    assert later.layout.stored_points() == [0] and later.trainings == 1
     later.ensure([20, 45])
-    assert later.stored() == [0, 20, 45] and later.trainings == 1  # recreated, not retrained
+    assert later.layout.stored_points() == [0, 20, 45] and later.trainings == 1  # recreated, not retrained
     for k in (20, 45):
         a, b = first.state(k), later.state(k)
         assert all(torch.equal(a["model"][n], b["model"][n]) for n in a["model"])

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from trainables.config import ModelConfig
-from trainables.models import MODELS, build_model
+from trainables.catalog import MODELS
+from trainables.models import build_model
 from trainables.registry import UnknownNameError
 
 

@@ -81,7 +81,7 @@ class GraphCount(Reporter):
     def __init__(self):
         self.graphs = []
 
-    def level_done(self, level, rows):
+    def committed(self, level, rows):
         from torch._dynamo.utils import counters
 
         self.graphs.append(counters["stats"]["unique_graphs"])

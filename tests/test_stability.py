@@ -13,7 +13,8 @@ from trainables.config import ConfigError, config_hash, from_dict, stability_has
 from trainables.data import load_dataset
 from trainables.imp import DenseRun, ImpRun, Reporter, Start, derive_seed
 from trainables.masks import Mask, prunable_layers
-from trainables.models import MODELS, build_model
+from trainables.catalog import MODELS
+from trainables.models import build_model
 from trainables.results import STABILITY_PATH_SCHEMA, append_rows
 from trainables.stability import (StabilityRun, alpha_grid, analyse, instability, interpolate, path_metrics,
                                   recompute_bn, train_twins)
@@ -287,8 +288,9 @@ class Recorder(Reporter):
             if self.twins == self.stop_at_twins:
                 raise KeyboardInterrupt
 
-    def analysed(self, replicate, summary_rows, path_rows):
-        self.analysed_replicates.append(replicate)
+    def committed(self, unit, rows):
+        if "stability_summary.parquet" in rows:
+            self.analysed_replicates.append(unit)
 
 
 def tables(out):

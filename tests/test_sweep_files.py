@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.spec import SweepSpec, load_sweep, total_iterations
 from trainables.config import Config, to_iterations
-from trainables.data import steps_per_epoch
+from trainables.catalog import steps_per_epoch
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 FILES = sorted(SWEEPS.glob("*.yaml"))

@@ -1,24 +1,13 @@
 """One IMP run: dense training, pruning levels, rewinding, controls, checkpoints and resume.
 
-Dense training (level 0) is its own directory, a `DenseRun`, so that runs differing only in
-what happens after it (pruning, rewind point, levels, controls) can share one; a standalone
-run keeps it in `dense/` inside its run directory. A dense directory holds:
-    config.yaml                      the sections that decide dense training (its `dense_hash`)
-    results.parquet, history.parquet the dense row and learning curve (the commit record)
-    weights.pt                       the trained dense network (what level 1 prunes)
-    rewind/it_NNNNNNN.pt             weights and optimiser state at each rewind point asked for
-A run directory holds:
-    config.yaml                      the resolved config (identity: its content hash)
-    results.parquet                  one row per level and variant (the commit record)
-    history.parquet                  every evaluation of every training run
-    checkpoints/level_NNN/mask.pt    the level's mask, bit-packed (every level)
-    checkpoints/level_NNN/weights.pt the level's trained ticket (latest level by default)
-
-A level is finished once its rows are in results.parquet; its checkpoint is written first, so
-a run killed at any point resumes at its first unfinished level and reproduces exactly what
-an uninterrupted run computes. A rewind point asked for after dense training finished is
-recreated by training from the nearest earlier stored state, which (batches being a pure
-function of seed and iteration) gives the same state the first pass would have saved.
+Dense training (level 0) is its own folder, a `DenseRun`, so that runs differing only in what
+happens after it (pruning, rewind point, levels, controls) can share one; a standalone run keeps it
+inside its own folder (`trainables.layout` has every file name). A level is finished once its rows
+are in the run's results table; its checkpoint is written first, so a run killed at any point
+resumes at its first unfinished level and reproduces exactly what an uninterrupted run computes. A
+rewind point asked for after dense training finished is recreated by training from the nearest
+earlier stored state, which (batches being a pure function of seed and iteration) gives the same
+state the first pass would have saved.
 """
 
 from __future__ import annotations
@@ -35,15 +24,16 @@ import torch
 import yaml
 from torch import nn
 
+from trainables.catalog import CONTROLS
 from trainables.config import DENSE_SECTIONS, Config, ConfigError, config_hash, dense_hash, from_dict, \
     run_name, to_dict, to_iterations
 from trainables.data import Dataset, load_dataset
+from trainables.layout import DenseLayout, RunLayout
 from trainables.masks import Mask, prunable_layers
 from trainables.models import build_model
-from trainables.pruning import prune, random_like
-from trainables.registry import Registry
-from trainables.results import HISTORY_SCHEMA, LEVELS_SCHEMA, append_rows, read_table, replacing, table_of, \
-    write_atomic
+from trainables.pruning import prune
+from trainables.results import DENSE, HISTORY_SCHEMA, LEVELS_SCHEMA, TICKET, append_rows, read_table, replacing, \
+    table_of, write_atomic
 from trainables.train import Evaluation, Evaluator, evaluate, for_speed, make_optimizer, summarize, train
 
 
@@ -73,10 +63,8 @@ class Reporter:
 
     def evaluated(self, level: int, variant: str, evaluation: Evaluation, end: int) -> None: ...
 
-    def level_done(self, level: int, rows: list[dict[str, Any]]) -> None: ...
-
-    def analysed(self, replicate: int, summary_rows: list[dict[str, Any]], path_rows: list[dict[str, Any]]) -> None:
-        """A stability analysis committed one replicate (`trainables.stability`)."""
+    def committed(self, unit: int, rows: dict[str, list[dict[str, Any]]]) -> None:
+        """A run committed one unit (an IMP level, a stability replicate): the new rows, by table file name."""
 
 
 @dataclass
@@ -86,25 +74,6 @@ class Start:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     mask: Mask
-
-
-# control(run, level, ticket_mask) -> the control's starting point at the same level.
-Control = Callable[["ImpRun", int, Mask], Start]
-CONTROLS: Registry[Control] = Registry("control", "lth list controls")
-
-
-@CONTROLS.register("reinit", "same mask, fresh random weights and optimiser, trained from the rewind iteration "
-                             "(Frankle & Carbin 2019)")
-def _reinit(run: ImpRun, level: int, mask: Mask) -> Start:
-    model = run.new_model(derive_seed(run.cfg.seed, "reinit", level))
-    return Start(model, make_optimizer(model, run.cfg.train), mask)
-
-
-@CONTROLS.register("random_mask", "random positions with the ticket's per-layer sparsity, rewound weights "
-                                  "(Frankle & Carbin 2019)")
-def _random_mask(run: ImpRun, level: int, mask: Mask) -> Start:
-    generator = torch.Generator().manual_seed(derive_seed(run.cfg.seed, "random_mask", level))
-    return run.rewound(random_like(mask, generator))
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -157,8 +126,8 @@ class Snapshot:
               self.path)
 
 
-class Trainer:
-    """What a dense run and an IMP run share: the config, data on the device, and training a `Start`."""
+class Run:
+    """The base of every run (dense, IMP, stability): the config, data on the device, training a `Start`."""
 
     def __init__(self, cfg: Config, reporter: Reporter | None, data: Dataset | None = None):
         self.cfg = cfg
@@ -186,8 +155,8 @@ class Trainer:
         model = build_model(cfg.model, self.data.input_shape, self.data.num_classes, seed).to(self.device)
         return for_speed(model, cfg.train.precision, cfg.runtime.channels_last, cfg.runtime.compile)
 
-    def describe(self) -> dict[str, Any]:
-        """The run's identity and hyperparameters, as result-table columns."""
+    def columns(self) -> dict[str, Any]:
+        """The run's name, hashes and hyperparameters, as result-table columns."""
         cfg, rates = self.cfg, self.cfg.prune.rate_for
         return {"run_name": run_name(cfg), "config_hash": config_hash(cfg), "dense_hash": dense_hash(cfg),
                 "arch": cfg.model.arch, "dataset": cfg.data.dataset, "seed": cfg.seed, "data_seed": cfg.data_seed,
@@ -218,7 +187,7 @@ class Trainer:
               keep_mask=start.mask.applier(start.model), callbacks=[evaluator, *extra])
         curve = evaluator.history()  # reads results back: the run's one host sync
         seconds = time.perf_counter() - tic
-        row = {**self.describe(), "level": level, "variant": variant, "weights_remaining": remaining,
+        row = {**self.columns(), "level": level, "variant": variant, "weights_remaining": remaining,
                **summarize(curve), "start_iter": begin, "end_iter": self.end_iter, "train_seconds": seconds,
                "started_at": started, "finished_at": datetime.now(timezone.utc)}
         return [row], [{"level": level, "variant": variant, **h} for h in curve]
@@ -227,65 +196,56 @@ class Trainer:
 def peak_memory(cfg: Config, iterations: int = 20) -> int | None:
     """Bytes of GPU memory one run of `cfg` holds at its peak (data on the device, model, optimiser, a
     training step and an evaluation), measured over `iterations` steps; None off CUDA."""
-    trainer = Trainer(cfg, None)
-    if trainer.device.type != "cuda":
+    run = Run(cfg, None)
+    if run.device.type != "cuda":
         return None
-    torch.cuda.reset_peak_memory_stats(trainer.device)
-    model = trainer.new_model(cfg.seed)
-    train(model, make_optimizer(model, cfg.train), trainer.data, cfg.train, data_seed=cfg.data_seed, stop=iterations)
-    evaluate(model, trainer.data, ("val", "test"), cfg.runtime.eval_batch_size, cfg.train.precision)
-    torch.cuda.synchronize(trainer.device)
-    return torch.cuda.max_memory_reserved(trainer.device)
+    torch.cuda.reset_peak_memory_stats(run.device)
+    model = run.new_model(cfg.seed)
+    train(model, make_optimizer(model, cfg.train), run.data, cfg.train, data_seed=cfg.data_seed, stop=iterations)
+    evaluate(model, run.data, ("val", "test"), cfg.runtime.eval_batch_size, cfg.train.precision)
+    torch.cuda.synchronize(run.device)
+    return torch.cuda.max_memory_reserved(run.device)
 
 
-class DenseRun(Trainer):
+class DenseRun(Run):
     """Level 0 of IMP in directory `out`: the dense network trained once, with its state kept at
     every rewind point asked for. `ensure(points)` does whatever is missing, nothing more."""
 
     def __init__(self, cfg: Config, out: str | Path, reporter: Reporter | None = None, data: Dataset | None = None):
         super().__init__(cfg, reporter, data)
         self.out = Path(out)
-        _claim(self.out / "config.yaml", cfg, DENSE_SECTIONS, lambda c: f"dense run {dense_hash(c)}")
+        self.layout = DenseLayout(self.out)
+        _claim(self.layout.config, cfg, DENSE_SECTIONS, lambda c: f"dense run {dense_hash(c)}")
         self._cached: tuple[int | None, Any] = (None, None)
-
-    def snapshot_path(self, iteration: int) -> Path:
-        return self.out / "rewind" / f"it_{iteration:07d}.pt"
-
-    def stored(self) -> list[int]:
-        return sorted(int(p.stem[3:]) for p in (self.out / "rewind").glob("it_*.pt"))
-
-    @property
-    def trained(self) -> bool:
-        return (self.out / "results.parquet").exists()
 
     def ensure(self, points: Sequence[int]) -> None:
         points = sorted({0, *points})  # the initial state lets any later point be recreated
-        if not self.trained:
+        if not self.layout.trained():
             self._train(points)
-        for point in sorted(set(points) - set(self.stored())):
+        for point in sorted(set(points) - set(self.layout.stored_points())):
             self._recreate(point)
 
     def _train(self, points: list[int]) -> None:
         model = self.new_model(self.cfg.seed)
         optimizer = make_optimizer(model, self.cfg.train)
-        snapshots = [Snapshot(k, model, optimizer, self.snapshot_path(k)) for k in points]
-        rows, history = self.train(0, "dense", Start(model, optimizer, Mask({})), 0, snapshots)
-        _save(model.state_dict(), self.out / "weights.pt")
-        write_atomic(table_of(history, HISTORY_SCHEMA), self.out / "history.parquet")
-        write_atomic(table_of(rows, LEVELS_SCHEMA), self.out / "results.parquet")  # the commit point
+        snapshots = [Snapshot(k, model, optimizer, self.layout.rewind(k)) for k in points]
+        rows, history = self.train(0, DENSE, Start(model, optimizer, Mask({})), 0, snapshots)
+        _save(model.state_dict(), self.layout.weights)
+        write_atomic(table_of(history, HISTORY_SCHEMA), self.layout.history)
+        write_atomic(table_of(rows, LEVELS_SCHEMA), self.layout.results)  # the commit point
 
     def _recreate(self, point: int) -> None:
-        base = max(k for k in self.stored() if k <= point)
+        base = max(k for k in self.layout.stored_points() if k <= point)
         start = self.state_at(base)
         train(start.model, start.optimizer, self.data, self.cfg.train, data_seed=self.cfg.data_seed, start=base,
-              stop=point, callbacks=[Snapshot(point, start.model, start.optimizer, self.snapshot_path(point))])
+              stop=point, callbacks=[Snapshot(point, start.model, start.optimizer, self.layout.rewind(point))])
 
-    def load(self, name: str | Path) -> Any:
-        return _load(self.out / name, f"The dense run in {self.out} is otherwise kept.")
+    def load(self, path: Path) -> Any:
+        return _load(path, f"The dense run in {self.out} is otherwise kept.")
 
     def state(self, point: int) -> dict[str, Any]:
         if self._cached[0] != point:  # a run rewinds every level to the same point: read it once
-            self._cached = (point, self.load(self.snapshot_path(point).relative_to(self.out)))
+            self._cached = (point, self.load(self.layout.rewind(point)))
         return self._cached[1]
 
     def state_at(self, point: int, mask: Mask | None = None) -> Start:
@@ -300,7 +260,7 @@ class DenseRun(Trainer):
         return Start(model, optimizer, mask or Mask({}))
 
 
-class ImpRun(Trainer):
+class ImpRun(Run):
     """One IMP run of `cfg` in directory `out`; `run()` resumes whatever is already there.
 
     `dense_dir` is the dense run to build on (a shared one, in a sweep); by default `out/dense`.
@@ -311,30 +271,27 @@ class ImpRun(Trainer):
                  dense_dir: str | Path | None = None, data: Dataset | None = None):
         super().__init__(cfg, reporter, data)
         self.out = Path(out)
-        _claim(self.out / "config.yaml", cfg, [f.name for f in fields(cfg)], run_name)
+        self.layout = RunLayout(self.out)
+        _claim(self.layout.config, cfg, [f.name for f in fields(cfg)], run_name)
         # The same device-resident data: a second copy on a GPU would cost its memory twice.
-        self.dense = DenseRun(cfg, self.out / "dense" if dense_dir is None else dense_dir, reporter, self.data)
-        self.rewind_iter = self.rewind_iteration(self.out / "config.yaml")
+        self.dense = DenseRun(cfg, self.layout.dense.root if dense_dir is None else dense_dir, reporter, self.data)
+        self.rewind_iter = self.rewind_iteration(self.layout.config)
         try:
             self.layers = prunable_layers(self.new_model(cfg.seed), cfg.prune.exclude)
         except ValueError as exc:
-            raise ConfigError(str(self.out / "config.yaml"), [str(exc)]) from None
+            raise ConfigError(str(self.layout.config), [str(exc)]) from None
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def _level_dir(self, level: int) -> Path:
-        return self.out / "checkpoints" / f"level_{level:03d}"
-
     def finished_levels(self) -> list[int]:
-        return sorted(set(read_table(self.out / "results.parquet", LEVELS_SCHEMA).column("level").to_pylist()))
+        return self.layout.finished_levels()
 
     def _load(self, path: Path) -> Any:
-        return _load(path, f"The {len(self.finished_levels())} finished level(s) in "
-                           f"{self.out / 'results.parquet'} are kept.")
+        return _load(path, f"The {len(self.finished_levels())} finished level(s) in {self.layout.results} are kept.")
 
     def mask(self, level: int) -> Mask:
         """The mask of a finished level."""
-        return Mask.from_state(self._load(self._level_dir(level) / "mask.pt"))
+        return Mask.from_state(self._load(self.layout.mask(level)))
 
     def rewound(self, mask: Mask) -> Start:
         """The dense run's weights and optimiser state at the rewind iteration, under `mask`."""
@@ -350,41 +307,41 @@ class ImpRun(Trainer):
         for level in range(1, self.cfg.imp.levels + 1):
             if level not in finished:
                 self._level(level)
-        return read_table(self.out / "results.parquet", LEVELS_SCHEMA)
+        return read_table(self.layout.results, LEVELS_SCHEMA)
 
     def _dense_level(self) -> None:
         """Level 0: this run's copy of the (possibly shared) dense run's record."""
         self.dense.ensure([self.rewind_iter])
         self.trainings += self.dense.trainings
-        identity = self.describe()  # the dense row may come from a run with other pruning settings
-        rows = [row | identity for row in read_table(self.dense.out / "results.parquet", LEVELS_SCHEMA).to_pylist()]
-        history = read_table(self.dense.out / "history.parquet", HISTORY_SCHEMA).to_pylist()
-        _save(Mask.dense(self.new_model(self.cfg.seed), self.layers).state(), self._level_dir(0) / "mask.pt")
+        columns = self.columns()  # the dense row may come from a run with other pruning settings
+        rows = [row | columns for row in read_table(self.dense.layout.results, LEVELS_SCHEMA).to_pylist()]
+        history = read_table(self.dense.layout.history, HISTORY_SCHEMA).to_pylist()
+        _save(Mask.dense(self.new_model(self.cfg.seed), self.layers).state(), self.layout.mask(0))
         self._commit(0, rows, history)
 
     def _level(self, level: int) -> None:
         """Train one level's variants, then checkpoint it and commit its rows."""
         main = self.rewound(self._prune(level))
-        rows, history = self.train(level, "ticket", main, self.rewind_iter)
+        rows, history = self.train(level, TICKET, main, self.rewind_iter)
         for name in self.cfg.imp.controls:  # built one at a time: only two models live at once
             row, curve = self.train(level, name, CONTROLS.get(name)(self, level, main.mask), self.rewind_iter)
             rows += row
             history += curve
-        _save(main.mask.state(), self._level_dir(level) / "mask.pt")
-        _save(main.model.state_dict(), self._level_dir(level) / "weights.pt")
+        _save(main.mask.state(), self.layout.mask(level))
+        _save(main.model.state_dict(), self.layout.weights(level))
         self._commit(level, rows, history)
 
     def _commit(self, level: int, rows: list[dict], history: list[dict]) -> None:
-        append_rows(self.out / "history.parquet", HISTORY_SCHEMA, history)
-        append_rows(self.out / "results.parquet", LEVELS_SCHEMA, rows)  # the commit point
+        append_rows(self.layout.history, HISTORY_SCHEMA, history)
+        append_rows(self.layout.results, LEVELS_SCHEMA, rows)  # the commit point
         if self.cfg.imp.keep_weights == "last" and level > 1:  # before reporting: checkpoints copy the directory
-            (self._level_dir(level - 1) / "weights.pt").unlink(missing_ok=True)
-        self.reporter.level_done(level, rows)
+            self.layout.weights(level - 1).unlink(missing_ok=True)
+        self.reporter.committed(level, {self.layout.results.name: rows})
 
     def _trained(self, level: int) -> dict[str, torch.Tensor]:
         if level == 0:
-            return self.dense.load("weights.pt")
-        return self._load(self._level_dir(level) / "weights.pt")
+            return self.dense.load(self.dense.layout.weights)
+        return self._load(self.layout.weights(level))
 
     def _prune(self, level: int) -> Mask:
         """Level `level`'s mask, from the previous level's mask and trained ticket."""

@@ -6,22 +6,16 @@ defaults (`trainables.config`), so `lth imp --preset resnet20 --set train.lr=0.0
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from trainables.registry import Registry
 
-
-@dataclass(frozen=True)
-class Preset:
-    values: dict[str, Any]
-
-
-PRESETS: Registry[Preset] = Registry("preset", "lth presets")
+# Each entry's target is its partial config: a nested mapping of sections.
+PRESETS: Registry[dict[str, Any]] = Registry("preset", "lth presets")
 
 
 def _preset(name: str, source: str, **values: Any) -> None:
-    PRESETS.register(name, source)(Preset(values))
+    PRESETS.add(name, source, values)
 
 
 def _conv(name: str, lr: float, iterations: int, conv_rate: float) -> None:

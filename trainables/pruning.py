@@ -1,30 +1,39 @@
-"""Pruning strategies: score the surviving weights, keep the best, with exact per-level sparsity."""
+"""Pruning strategies (registered in `trainables.catalog.STRATEGIES`): score the surviving weights, keep
+the best, with exact per-level sparsity."""
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 from torch import Tensor
 
+from trainables.catalog import STRATEGIES
 from trainables.config import PruneConfig
 from trainables.masks import Layer, Mask
-from trainables.registry import Registry
 
-# score(trained, rewound, generator) -> same-shape scores; higher scores are kept.
-Score = Callable[[Tensor, Tensor, torch.Generator], Tensor]
-STRATEGIES: Registry[Score] = Registry("pruning strategy", "lth list strategies")
+# A strategy scores each weight from its trained value and its value at the rewind point (and may draw
+# from the seeded generator); the highest scores are kept.
 
-STRATEGIES.register("magnitude", "keep the largest trained |w| (Frankle & Carbin 2019; Zhou et al.'s large_final)")(
-    lambda trained, rewound, g: trained.abs())
-STRATEGIES.register("large_init", "keep the largest |w| at the rewind point (Zhou et al. 2019)")(
-    lambda trained, rewound, g: rewound.abs())
-STRATEGIES.register("magnitude_increase", "keep the largest |w_trained| - |w_rewound| (Zhou et al. 2019)")(
-    lambda trained, rewound, g: trained.abs() - rewound.abs())
-STRATEGIES.register("movement", "keep the largest |w_trained - w_rewound| (Zhou et al. 2019)")(
-    lambda trained, rewound, g: (trained - rewound).abs())
-STRATEGIES.register("random", "keep uniformly random weights (Zhou et al. 2019; a pruning-rule control)")(
-    lambda trained, rewound, g: torch.rand(trained.shape, generator=g))
+
+def magnitude(trained: Tensor, rewound: Tensor, g: torch.Generator) -> Tensor:
+    return trained.abs()
+
+
+def large_init(trained: Tensor, rewound: Tensor, g: torch.Generator) -> Tensor:
+    return rewound.abs()
+
+
+def magnitude_increase(trained: Tensor, rewound: Tensor, g: torch.Generator) -> Tensor:
+    return trained.abs() - rewound.abs()
+
+
+def movement(trained: Tensor, rewound: Tensor, g: torch.Generator) -> Tensor:
+    return (trained - rewound).abs()
+
+
+def random(trained: Tensor, rewound: Tensor, g: torch.Generator) -> Tensor:
+    return torch.rand(trained.shape, generator=g)
 
 
 def target_kept(numel: int, rate: float, level: int) -> int:

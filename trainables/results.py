@@ -16,7 +16,19 @@ from typing import Any, Iterable, Iterator, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-VARIANTS = ("dense", "ticket", "reinit", "random_mask")
+# The variants of a level: the dense network (level 0), the ticket, and each control by its registry name.
+DENSE, TICKET = "dense", "ticket"
+
+
+def as_ticket(variant: str) -> str:
+    """The dense network is level 0's ticket: curves of the ticket start at 100% of weights with it."""
+    return TICKET if variant == DENSE else variant
+
+
+def endpoint_error(row: Mapping[str, Any]) -> float:
+    """A stability summary row's error at the ends of the path: the mean of the two copies' errors."""
+    return (row["error_1"] + row["error_2"]) / 2
+
 
 # How a run executed (`train.precision`, `runtime`): what its numbers and timings were measured with.
 SPEED_COLUMNS = [
@@ -50,7 +62,7 @@ LEVELS_SCHEMA = pa.schema([
     ("prune_output_rate", pa.float64()),  # per level, the output layer (resolved)
     *SPEED_COLUMNS,
     ("level", pa.int64()),
-    ("variant", pa.string()),  # one of VARIANTS
+    ("variant", pa.string()),  # dense (level 0), ticket, or a control's name
     ("weights_remaining", pa.float64()),  # kept fraction of prunable weights
     ("test_accuracy", pa.float64()),  # at the end of training
     ("test_loss", pa.float64()),

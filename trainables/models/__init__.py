@@ -1,4 +1,4 @@
-"""The LTH papers' networks, by name, and their seeded initialisation.
+"""The LTH papers' networks (registered in `trainables.catalog.MODELS`) and their seeded initialisation.
 
 Conventions the pruning code relies on: only `nn.Conv2d` and `nn.Linear` weights are
 prunable; the last `nn.Linear` is the output layer and is called `fc`; ResNet 1x1
@@ -12,14 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from trainables.catalog import MODELS
 from trainables.config import ModelConfig
-from trainables.registry import Registry
-
-Builder = Callable[[tuple[int, int, int], int], nn.Module]  # (input_shape (C, H, W), num_classes)
-MODELS: Registry[Builder] = Registry("architecture", "lth list models")
-
-# Registered in the papers' order, which `lth list models` shows.
-from trainables.models import lenet, conv, vgg, resnet  # noqa: E402,F401,I001
 
 _INITS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
     # Frankle & Carbin 2019, §2: Gaussian Glorot.

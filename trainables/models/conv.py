@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.models import MODELS
-
 
 class ConvNet(nn.Module):
     """3x3 convs in pairs, each pair followed by a 2x2 max-pool, then fc 256, 256, output."""
@@ -32,18 +30,13 @@ class ConvNet(nn.Module):
         return self.fc(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
-@MODELS.register("conv2", "Conv-2 (Frankle & Carbin 2019, Fig. 2); 4.3M weights on CIFAR-10")
 def conv2(input_shape: tuple[int, int, int], num_classes: int) -> ConvNet:
     return ConvNet((64, 64), input_shape, num_classes)
 
 
-@MODELS.register("conv4", "Conv-4 (Frankle & Carbin 2019, Fig. 2); 2.4M weights on CIFAR-10")
 def conv4(input_shape: tuple[int, int, int], num_classes: int) -> ConvNet:
     return ConvNet((64, 64, 128, 128), input_shape, num_classes)
 
 
-# The paper's table says 1.7M, but the architecture it describes has 2.26M: the fc layer on
-# the 4x4x256 features alone holds 1.05M and the convs 1.14M.
-@MODELS.register("conv6", "Conv-6 (Frankle & Carbin 2019, Fig. 2); 2.3M weights on CIFAR-10")
 def conv6(input_shape: tuple[int, int, int], num_classes: int) -> ConvNet:
     return ConvNet((64, 64, 128, 128, 256, 256), input_shape, num_classes)

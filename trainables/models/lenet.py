@@ -8,8 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.models import MODELS
-
 
 class LeNet300100(nn.Module):
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int):
@@ -21,7 +19,3 @@ class LeNet300100(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.fc1(torch.flatten(x, 1)))
         return self.fc(F.relu(self.fc2(x)))
-
-
-MODELS.register("lenet_300_100", "LeNet-300-100 (Frankle & Carbin 2019, Fig. 2); 266K weights on MNIST")(
-    LeNet300100)

@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.models import MODELS
-
 
 class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int):
@@ -50,12 +48,9 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-@MODELS.register("resnet20", "ResNet-20 for CIFAR (He et al. 2016; Frankle & Carbin 2019, Fig. 2, "
-                             "there 'Resnet-18'); 271K weights on CIFAR-10")
 def resnet20(input_shape: tuple[int, int, int], num_classes: int) -> ResNet:
     return ResNet(20, input_shape[0], num_classes)
 
 
-@MODELS.register("resnet56", "ResNet-56 for CIFAR (He et al. 2016); 852K weights on CIFAR-10")
 def resnet56(input_shape: tuple[int, int, int], num_classes: int) -> ResNet:
     return ResNet(56, input_shape[0], num_classes)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainables.models import MODELS
-
 # Configurations A, D, E of Simonyan & Zisserman 2015; "M" is a 2x2 max-pool.
 _CFGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -36,12 +34,13 @@ class VGG(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def _register(name: str, description: str) -> None:
-    MODELS.register(name, description)(
-        lambda input_shape, num_classes: VGG(_CFGS[name], input_shape[0], num_classes))
+def vgg11(input_shape: tuple[int, int, int], num_classes: int) -> VGG:
+    return VGG(_CFGS["vgg11"], input_shape[0], num_classes)
 
 
-_register("vgg11", "VGG-11 with BatchNorm for CIFAR (Liu et al. 2019); 9.2M weights on CIFAR-10")
-_register("vgg16", "VGG-16 with BatchNorm for CIFAR (Liu et al. 2019); 14.7M weights on CIFAR-10")
-_register("vgg19", "VGG-19 with BatchNorm for CIFAR (Liu et al. 2019; Frankle & Carbin 2019, Fig. 2); "
-                   "20.0M weights on CIFAR-10")
+def vgg16(input_shape: tuple[int, int, int], num_classes: int) -> VGG:
+    return VGG(_CFGS["vgg16"], input_shape[0], num_classes)
+
+
+def vgg19(input_shape: tuple[int, int, int], num_classes: int) -> VGG:
+    return VGG(_CFGS["vgg19"], input_shape[0], num_classes)
