@@ -16,9 +16,11 @@ from typing import Sequence
 import pyarrow.fs as pafs
 import ray
 
+from orchestrator.fs import filesystem, is_uri
+from trainables.catalog import steps_per_epoch
 from trainables.config import Config, dense_hash, to_iterations
-from trainables.data import steps_per_epoch
 from trainables.imp import DenseRun, Reporter
+from trainables.layout import DenseLayout
 
 CLAIMS_ACTOR = "lth-dense-claims"
 
@@ -53,13 +55,6 @@ def claims_actor(create: bool = False):
         return None
 
 
-def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, absolute path) for a local folder or a pyarrow URI (s3://, gs://, file://, ...)."""
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), str(Path(path).resolve())
-
-
 class DenseStore:
     """Where shared dense runs live: `<storage>/dense/`, a local folder or a pyarrow-filesystem URI.
 
@@ -69,7 +64,7 @@ class DenseStore:
     """
 
     def __init__(self, storage: str, cache: Path | None = None):
-        self.remote = "://" in storage
+        self.remote = is_uri(storage)
         self.fs, root = filesystem(storage)
         self.root = f"{root.rstrip('/')}/dense"
         self.cache = cache or Path.home() / ".cache" / "lth-sweeps" / "dense"
@@ -77,20 +72,15 @@ class DenseStore:
     def local(self, key: str) -> Path:
         return self.cache / key if self.remote else Path(self.root) / key
 
-    def _files(self, points: Sequence[int]) -> list[str]:
-        """What building on a dense run needs, in upload order: the commit record last."""
-        return ["config.yaml", "weights.pt", "history.parquet", *(f"rewind/it_{k:07d}.pt" for k in points),
-                "results.parquet"]
-
     def complete(self, key: str, points: Sequence[int]) -> bool:
-        infos = self.fs.get_file_info([f"{self.root}/{key}/{f}" for f in self._files(points)])
+        infos = self.fs.get_file_info([f"{self.root}/{key}/{f}" for f in DenseLayout.files(points)])
         return all(i.type == pafs.FileType.File for i in infos)
 
     def fetch(self, key: str, points: Sequence[int]) -> Path:
         """The dense run's local directory, with whatever of `points` storage has."""
         local = self.local(key)
         if self.remote:
-            for name in self._files([0, *points]):
+            for name in DenseLayout.files([0, *points]):
                 src, dst = f"{self.root}/{key}/{name}", local / name
                 if not dst.exists() and self.fs.get_file_info(src).type == pafs.FileType.File:
                     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -98,9 +88,11 @@ class DenseStore:
         return local
 
     def publish(self, key: str, points: Sequence[int]) -> None:
+        """Upload a dense run computed in the local cache, one object per file, the commit record last: a
+        reader (`complete`) never takes a run whose upload was cut short."""
         if self.remote:
             local = self.local(key)
-            for name in self._files([0, *points]):
+            for name in DenseLayout.files([0, *points]):
                 self.fs.create_dir(f"{self.root}/{key}/{Path(name).parent}".rstrip("/."), recursive=True)
                 pafs.copy_files(str(local / name), f"{self.root}/{key}/{name}", destination_filesystem=self.fs)
 

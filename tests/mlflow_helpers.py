@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from orchestrator.tracking import METRIC_COLUMNS
+from orchestrator.workflows.imp import MLFLOW_COLUMNS as METRIC_COLUMNS
 
 
 def free_port() -> int:

@@ -11,7 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from orchestrator import report, store, tracking
+from orchestrator import fs, report, sweep_folder
+from orchestrator.report import analysis, figures, render
+from orchestrator.tracking import client as tracking
+from trainables.layout import RESULTS, STABILITY_PATH, STABILITY_SUMMARY
 from orchestrator.cli import main
 
 WHEN = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -41,7 +44,7 @@ def imp_table() -> pa.Table:
                              "level": level, "variant": variant, "weights_remaining": 0.8 ** level,
                              "test_accuracy": mean + OFFSET[seed], "early_stop_iter": 1000 - 100 * level + 10 * seed,
                              "finished_at": WHEN})
-    return pa.Table.from_pylist(rows, schema=store.SWEEP_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=sweep_folder.sweep_schema(RESULTS))
 
 
 def stability_tables() -> tuple[pa.Table, pa.Table]:
@@ -61,8 +64,8 @@ def stability_tables() -> tuple[pa.Table, pa.Table]:
                     for i, alpha in enumerate(np.linspace(0, 1, 5)):
                         path.append({**common, "alpha_index": i, "alpha": float(alpha),
                                      "error": 0.1 + instability * float(np.sin(np.pi * alpha))})
-    return (pa.Table.from_pylist(summary, schema=store.SWEEP_SCHEMAS[store.SUMMARY_FILE]),
-            pa.Table.from_pylist(path, schema=store.SWEEP_SCHEMAS[store.PATH_FILE]))
+    return (pa.Table.from_pylist(summary, schema=sweep_folder.sweep_schema(STABILITY_SUMMARY)),
+            pa.Table.from_pylist(path, schema=sweep_folder.sweep_schema(STABILITY_PATH)))
 
 
 def instability_of(k: int, level: int, replicate: int) -> float:
@@ -78,7 +81,7 @@ def values_of(variant: str, lr: float, column: str = "test_accuracy") -> tuple[l
 
 
 def test_accuracy_figure_has_a_line_per_setting_and_variant_with_seed_statistics():
-    figure = report.accuracy_figure(store.summary(imp_table()), report.Options())
+    figure = figures.accuracy_figure(analysis.summary(imp_table()), report.Options())
     (panel,) = figure.panels  # two settings fit one panel
     series = {s.label: s for s in panel.series}
     assert set(series) == {"lr=0.01: ticket", "lr=0.01: reinit", "lr=0.01: random_mask", "lr=0.1: ticket",
@@ -93,7 +96,7 @@ def test_accuracy_figure_has_a_line_per_setting_and_variant_with_seed_statistics
         ("lr=0.01: dense", pytest.approx(91.0), pytest.approx(1.0)), ("lr=0.1: dense", pytest.approx(89.0),
                                                                         pytest.approx(1.0))]
 
-    drawn = report.draw(figure)
+    drawn = render.draw(figure)
     ax = drawn.axes[0]
     assert ax.get_xscale() == "log"
     left, right = ax.get_xlim()
@@ -106,7 +109,7 @@ def test_accuracy_figure_has_a_line_per_setting_and_variant_with_seed_statistics
 
 def test_variants_option_and_early_stop_figure():
     options = report.Options(variants=("ticket",))
-    figure = report.early_stop_figure(store.summary(imp_table(), "early_stop_iter"), options)
+    figure = figures.early_stop_figure(analysis.summary(imp_table(), "early_stop_iter"), options)
     series = {s.label: s for s in figure.panels[0].series}
     assert set(series) == {"lr=0.01: ticket", "lr=0.1: ticket"}
     means, stds = values_of("ticket", 0.1, "early_stop_iter")
@@ -115,25 +118,25 @@ def test_variants_option_and_early_stop_figure():
 
 
 def test_matching_table_from_the_data_and_its_tolerance_flag():
-    summary = store.summary(imp_table())
-    table = report.matching_table(summary, report.Options())
+    summary = analysis.summary(imp_table())
+    table = figures.matching_table(summary, report.Options())
     assert table.columns == ("setting", "dense", "tolerance", "ticket matching down to", "reinit matching down to",
                              "random_mask matching down to", "best ticket")
     rows = {row[0]: row for row in table.rows}
     assert rows["lr=0.01"][1:] == ("91.00% ± 1.00%", "1.00%", "64.0% (level 2)", "none", "80.0% (level 1)",
                                    "91.50% at 80.0%")
     assert rows["lr=0.1"][3:5] == ("51.2% (level 3), the last level; not at 80.0%", "none")
-    wide = {row[0]: row for row in report.matching_table(summary, report.Options(tolerance="2std")).rows}
+    wide = {row[0]: row for row in figures.matching_table(summary, report.Options(tolerance="2std")).rows}
     assert wide["lr=0.01"][2:4] == ("2.00%", "51.2% (level 3), the last level")
-    points = {row[0]: row for row in report.matching_table(summary, report.Options(tolerance="0.55pt")).rows}
+    points = {row[0]: row for row in figures.matching_table(summary, report.Options(tolerance="0.55pt")).rows}
     assert points["lr=0.01"][2:4] == ("0.55%", "64.0% (level 2)")  # 0.905 >= 0.91 - 0.0055 > 0.899
     with pytest.raises(report.ReportError, match="1std"):
-        report.parse_tolerance("one std")
+        analysis.parse_tolerance("one std")
 
 
 def test_one_seed_has_no_std_so_matching_means_at_least_dense():
     table = imp_table().filter(pa.compute.equal(imp_table().column("seed"), 1))
-    (entry, _) = report.matching(*store.summary(table), ["ticket"], "1std")
+    (entry, _) = analysis.matching(*analysis.summary(table), ["ticket"], "1std")
     assert entry["dense_std"] is None and entry["tolerance"] == 0 and "one seed" in entry["tolerance_note"]
     assert entry["ticket"] == {"level": 1, "weights_remaining": pytest.approx(0.8), "all_levels": False,
                                "gaps": []}  # 0.905 < 0.91 from level 2 on
@@ -141,18 +144,18 @@ def test_one_seed_has_no_std_so_matching_means_at_least_dense():
 
 def test_layout_splits_many_settings_into_panels_and_checks_the_keys():
     rows = [{"a": a, "b": b, "c": c} for a in (1, 2) for b in ("x", "y", "z") for c in (0.1, 0.2)]
-    assert report.layout(["a", "b", "c"], rows, report.Options()) == (["b"], ["a", "c"])
-    assert report.layout(["a", "b", "c"], rows, report.Options(group_by=("a",))) == (["a"], ["b", "c"])
-    assert report.layout(["a", "b", "c"], rows, report.Options(panel_by=("b",))) == (["a", "c"], ["b"])
+    assert figures.layout(["a", "b", "c"], rows, report.Options()) == (["b"], ["a", "c"])
+    assert figures.layout(["a", "b", "c"], rows, report.Options(group_by=("a",))) == (["a"], ["b", "c"])
+    assert figures.layout(["a", "b", "c"], rows, report.Options(panel_by=("b",))) == (["a", "c"], ["b"])
     with pytest.raises(report.ReportError, match="not swept in this sweep: d"):
-        report.layout(["a", "b", "c"], rows, report.Options(group_by=("d",)))
+        figures.layout(["a", "b", "c"], rows, report.Options(group_by=("d",)))
     with pytest.raises(report.ReportError, match="neither grouped nor panelled: c"):
-        report.layout(["a", "b", "c"], rows, report.Options(group_by=("a",), panel_by=("b",)))
+        figures.layout(["a", "b", "c"], rows, report.Options(group_by=("a",), panel_by=("b",)))
 
 
 def test_instability_figure_per_sparsity_on_a_log_k_axis_with_the_threshold():
     summary, _ = stability_tables()
-    figure = report.instability_figure(store.stability_summary(summary), report.Options())
+    figure = figures.instability_figure(analysis.stability_summary(summary), report.Options())
     assert [p.title for p in figure.panels] == ["test error", "train error"]
     assert figure.xscale == "symlog" and figure.linthresh == 100  # k = 0 has a place on the log axis
     series = {s.label: s for s in figure.panels[0].series}
@@ -163,14 +166,14 @@ def test_instability_figure_per_sparsity_on_a_log_k_axis_with_the_threshold():
         assert series[label].y == pytest.approx(expected)
         assert series[label].err == pytest.approx([np.std([0, 1], ddof=1)] * 3)  # replicates differ by 1 point
     assert figure.panels[0].hlines == (("stable below 2%", 2.0),)
-    ax = report.draw(figure).axes[0]
+    ax = render.draw(figure).axes[0]
     assert ax.get_xscale() == "symlog"
     assert any(list(line.get_ydata()) == [2.0, 2.0] for line in ax.lines)  # the threshold
 
 
 def test_error_along_the_path_has_a_line_per_k():
     _, path = stability_tables()
-    figure = report.path_figure(path, report.Options())
+    figure = figures.path_figure(path, report.Options())
     assert [p.title for p in figure.panels] == ["dense, test error", "dense, train error",
                                                "level 2 (64.0% remaining), test error",
                                                "level 2 (64.0% remaining), train error"]
@@ -179,15 +182,15 @@ def test_error_along_the_path_has_a_line_per_k():
     bump = np.mean([instability_of(100, 2, r) for r in (0, 1)])
     assert series["k=100"].x == pytest.approx(np.linspace(0, 1, 5))
     assert series["k=100"].y == pytest.approx([(0.1 + bump * np.sin(np.pi * a)) * 100 for a in np.linspace(0, 1, 5)])
-    assert report.draw(figure).axes[0].get_xscale() == "linear"
+    assert render.draw(figure).axes[0].get_xscale() == "linear"
 
 
 def test_the_html_page_embeds_every_figure_and_table(tmp_path):
     summary, path = stability_tables()
-    built = report.build({store.RESULTS_FILE: imp_table(), store.SUMMARY_FILE: summary, store.PATH_FILE: path},
+    built = report.build({RESULTS: imp_table(), STABILITY_SUMMARY: summary, STABILITY_PATH: path},
                          report.Options(), "LTH report: study", "Reproduces: a test")
     assert built.notes == []
-    files = report.write(built, tmp_path, ["sweeps/study"])
+    files = render.write(built, tmp_path, ["sweeps/study"])
     assert sorted(f.name for f in files) == sorted([
         "accuracy_vs_weights_remaining.png", "early_stop_vs_weights_remaining.png",
         "instability_vs_rewind_iteration.png", "error_along_path.png", "matching.csv", "summary.csv",
@@ -202,11 +205,11 @@ def test_the_html_page_embeds_every_figure_and_table(tmp_path):
 
 
 def write_sweep_folder(directory, tracking_uri=None):
-    store.write_table(imp_table(), str(directory), store.RESULTS_FILE)
-    (directory / store.SWEEP_FILE).write_text("# resolved copy of sweeps/study.yaml\n# Reproduces: nothing\n"
+    fs.write_table(imp_table(), str(directory), RESULTS)
+    (directory / sweep_folder.SWEEP_YAML).write_text("# resolved copy of sweeps/study.yaml\n# Reproduces: nothing\n"
                                               "name: study\n")
     if tracking_uri:
-        (directory / tracking.SWEEP_FILE_JSON).write_text(json.dumps(
+        (directory / sweep_folder.SWEEP_JSON).write_text(json.dumps(
             {"sweep_id": "abc123", "tracking_uri": tracking_uri, "experiment": "study"}))
 
 

@@ -17,8 +17,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from trainables.config import (Config, ConfigError, DataConfig, ImpConfig, ModelConfig, PruneConfig, from_dict,
-                               set_dotted, to_dict)
+from trainables.config import (Config, ConfigError, DataConfig, ImpConfig, ModelConfig, PruneConfig, UserError,
+                               from_dict, set_dotted, to_dict)
 from trainables.presets import PRESETS
 from trainables.registry import Registry
 
@@ -103,6 +103,10 @@ def split_sizes(data: DataConfig) -> tuple[int, int]:
 def steps_per_epoch(data: DataConfig, batch_size: int) -> int:
     """What `Dataset.steps_per_epoch(batch_size)` of the loaded dataset gives, without loading it."""
     return max(1, split_sizes(data)[0] // batch_size)
+
+
+class DatasetNotFoundError(FileNotFoundError, UserError):
+    """A dataset whose files are not on disk; the message names the folder and the fix."""
 
 
 def missing_message(name: str, root: Path) -> str:

@@ -43,20 +43,19 @@ def to_iterations(value: str, steps_per_epoch: int) -> int:
     return count * (steps_per_epoch if unit == "ep" else 1)
 
 
-def closest(word: Any, options: Iterable[Any]) -> str | None:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
-    return close[0] if close else None
-
-
 def did_you_mean(word: Any, options: Iterable[Any], known: bool = False) -> str:
     """' (did you mean 'x'?)'; with `known`, the list of options when nothing is close; else ''."""
     options = [str(o) for o in options]
-    if (close := closest(word, options)) is not None:
-        return f" (did you mean {close!r}?)"
+    if close := difflib.get_close_matches(str(word), options, n=1):
+        return f" (did you mean {close[0]!r}?)"
     return f" (known: {', '.join(options)})" if known else ""
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """An error whose message names the problem and its fix: the CLI prints it as it is, no traceback."""
+
+
+class ConfigError(ValueError, UserError):
     """A config that cannot run; lists every problem with the key that holds it."""
 
     def __init__(self, source: str, problems: Sequence[str]):
@@ -305,15 +304,11 @@ def build(cls: type, raw: Any, prefix: str, problems: list[str], check: Check | 
     if not isinstance(raw, Mapping):
         problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
         return cls()
-    before = len(problems)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            close = closest(key, fields)
-            problems.append(f"{prefix}{key}: unknown key " + (
-                f"(did you mean {prefix}{close!r}?)" if close else f"(known: {', '.join(fields)})"))
-    kwargs = {}
+    problems.extend(f"{prefix}{key}: unknown key{did_you_mean(key, fields, known=True)}" for key in raw
+                    if key not in fields)
+    kwargs, failed = {}, set()
     for name in [n for n in fields if n in raw]:
         if dataclasses.is_dataclass(hints[name]):
             kwargs[name] = build(hints[name], raw[name], f"{prefix}{name}.", problems, check)
@@ -322,12 +317,14 @@ def build(cls: type, raw: Any, prefix: str, problems: list[str], check: Check | 
             kwargs[name] = _coerce(raw[name], hints[name], fields[name].metadata.get("duration", False))
         except _Problem as exc:
             problems.append(f"{prefix}{name}: {exc}")
+            failed.add(name)
     obj = cls(**kwargs)
-    if len(problems) == before:
-        for name, f in fields.items():
-            interval, note = f.metadata.get("range", (None, ""))
-            if interval and (value := getattr(obj, name)) is not None and (rule := _range_problem(value, interval)):
-                problems.append(f"{prefix}{name}: {rule}{' ' + note if note else ''}, got {value}")
+    for name, f in fields.items():
+        interval, note = f.metadata.get("range", (None, ""))
+        if interval and name not in failed and (value := getattr(obj, name)) is not None and (
+                rule := _range_problem(value, interval)):
+            problems.append(f"{prefix}{name}: {rule}{' ' + note if note else ''}, got {value}")
+    if not failed:  # the checks across fields need every field valid
         found = [*getattr(obj, "problems", list)(), *(check(obj) if check else ())]
         problems.extend(f"{prefix}{key}: {msg}" for key, msg in found)
     return obj

@@ -25,7 +25,7 @@ import yaml
 from torch import nn
 
 from trainables.catalog import CONTROLS
-from trainables.config import DENSE_SECTIONS, Config, ConfigError, config_hash, dense_hash, from_dict, \
+from trainables.config import DENSE_SECTIONS, Config, ConfigError, UserError, config_hash, dense_hash, from_dict, \
     run_name, to_dict, to_iterations
 from trainables.data import Dataset, load_dataset
 from trainables.layout import DenseLayout, RunLayout
@@ -37,7 +37,7 @@ from trainables.results import DENSE, HISTORY_SCHEMA, LEVELS_SCHEMA, TICKET, app
 from trainables.train import Evaluation, Evaluator, evaluate, for_speed, make_optimizer, summarize, train
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RuntimeError, UserError):
     """A checkpoint that is missing or unreadable; says which file and what to do."""
 
 

@@ -39,6 +39,8 @@ STABILITY_PATH = "stability.parquet"
 STABILITY_SUMMARY = "stability_summary.parquet"  # the commit record of an analysis
 MANIFEST = "manifest.json"
 DENSE_DIR, IMP_DIR = "dense", "imp"
+# What one row-group appended to a commit record stands for: a run commits a level, an analysis a replicate.
+COMMIT_UNITS = {RESULTS: "level", STABILITY_SUMMARY: "replicate"}
 
 
 def rows(path: Path) -> int:

@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Generic, Iterator, TypeVar
 
-from trainables.config import did_you_mean
+from trainables.config import UserError, did_you_mean
 
 T = TypeVar("T")
 
@@ -31,7 +31,7 @@ class Entry(Generic[T]):
         return self.target
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(KeyError, UserError):
     """A name that is not in a registry; the message lists what is."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message

@@ -17,16 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainables.catalog import DATASETS, data_root, missing_message, split_sizes
+from trainables.catalog import DATASETS, DatasetNotFoundError, data_root, missing_message, split_sizes
 from trainables.config import ConfigError, DataConfig
 from trainables.data.base import Dataset
 
 # Fixed generator seeds: splits and synthetic data never depend on a run's seed.
 _VAL_SEED, _MNIST5K_SEED, _TEMPLATE_SEED, _TRAIN_SEED, _TEST_SEED = range(5)
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset whose files are not on disk; the message names the folder and the fix."""
 
 
 @functools.lru_cache(maxsize=4)

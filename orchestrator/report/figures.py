@@ -1,8 +1,5 @@
-"""Reports: the papers' figures and a self-contained HTML page, drawn from a sweep's Parquet tables.
-
-Nothing is recomputed: every number comes from `results.parquet` (IMP sweeps) or the stability
-tables, averaged over seeds by `store.summary`. A figure is first a plain description (`Figure`:
-panels of series with their values) and only then a matplotlib drawing, so tests check the data
+"""What a report shows, as plain descriptions: figures (panels of series with their values) and tables of
+text, built from the seed summaries (`analysis`). Drawing them is `render`'s job, so tests check the data
 a figure shows as well as the drawing. The figures follow the papers:
 - test accuracy against percent of weights remaining, log axis with 100% on the left, ticket and
   controls per setting, mean ± std over seeds, the dense network as a band (Frankle & Carbin 2019,
@@ -16,26 +13,20 @@ a figure shows as well as the drawing. The figures follow the papers:
 
 from __future__ import annotations
 
-import base64
-import datetime
-import html
-import io
 import json
-import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
-from orchestrator import store
+from orchestrator.report.analysis import ReportError, Summary, clean, groups, matching, parse_tolerance, settings
+from trainables.catalog import CONTROLS
+from trainables.results import DENSE, TICKET
 
-STYLES = {"ticket": ("-", "o"), "dense": ("-", "o"), "reinit": ("--", "s"), "random_mask": (":", "^")}
-DEFAULT_VARIANTS = ("ticket", "reinit", "random_mask")
+DEFAULT_VARIANTS = (TICKET, *CONTROLS.names())  # the ticket and every control a sweep may have
 MAX_LINES = 4  # settings per panel before the default layout splits them into panels
 STABILITY_AXES = ("imp.rewind_iter", "stability.level")  # the x axis and the per-sparsity lines, not settings
-Summary = tuple[list[str], list[dict[str, Any]]]  # (setting keys, rows): `store.summary`, `store.stability_summary`
 
 
 @dataclass(frozen=True)
@@ -97,6 +88,8 @@ class Options:
     tolerance: str = "1std"  # matching: within N std of dense (over seeds) or within N accuracy points ("0.5pt")
 
 
+
+
 @dataclass
 class Report:
     title: str
@@ -105,9 +98,6 @@ class Report:
     tables: list[Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # one line per figure skipped, and why
 
-
-class ReportError(ValueError):
-    """Options that do not fit the sweep's data; the message names the fix."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,6 +110,10 @@ def _short(key: str) -> str:
 
 def _label(keys: Sequence[str], values: Sequence[Any]) -> str:
     return ", ".join(f"{_short(k)}={v}" for k, v in zip(keys, values))
+
+
+def _long_label(keys: Sequence[str], values: Sequence[Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in zip(keys, values))
 
 
 def layout(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], options: Options) -> tuple[list[str], list[str]]:
@@ -150,37 +144,20 @@ def layout(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], options: Opti
     return lines, panels
 
 
-def _groups(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[tuple, list[Mapping[str, Any]]]:
-    out: dict[tuple, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        out.setdefault(tuple(row.get(k) for k in keys), []).append(row)
-    return dict(sorted(out.items(), key=lambda item: tuple(map(_sort_key, item[0]))))
-
-
-def _sort_key(value: Any) -> tuple:
-    """Numbers by value, durations ('300it') by count, the rest as text; None first."""
-    if value is None:
-        return (0, 0.0, "")
-    if isinstance(value, (int, float)):
-        return (1, float(value), "")
-    match = re.fullmatch(r"(\d+)(it|ep)", str(value))
-    return (1, float(match.group(1)), match.group(2)) if match else (2, 0.0, str(value))
-
-
 # ---------------------------------------------------------------------------------------------
 # IMP figures
 
 
 def by_weights(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], options: Options, *, name: str, title: str,
                ylabel: str, caption: str, scale: float = 100.0) -> Figure:
-    """A `store.summary` metric against weights remaining: a panel per value of the
+    """A `analysis.summary` metric against weights remaining: a panel per value of the
     panel keys, a colour per setting, a line style per variant, a band for dense."""
     lines, panels = layout(keys, rows, options)
-    colors = {setting: i for i, setting in enumerate(_groups(rows, lines))}
+    colors = {setting: i for i, setting in enumerate(groups(rows, lines))}
     out = []
-    for panel_values, panel_rows in _groups(rows, panels).items():
+    for panel_values, panel_rows in groups(rows, panels).items():
         series, bands = [], []
-        for setting, setting_rows in _groups(panel_rows, lines).items():
+        for setting, setting_rows in groups(panel_rows, lines).items():
             base = _label(lines, setting) or "all trials"
             first = setting_rows[0]
             bands.append(Band(f"{base}: dense", first["dense_mean"] * scale,
@@ -206,7 +183,7 @@ def _seeds_note(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def accuracy_figure(summary: Summary, options: Options) -> Figure:
-    """From `store.summary` of `options.accuracy`."""
+    """From `analysis.summary` of `options.accuracy`."""
     keys, rows = summary
     what = "at the end of training" if options.accuracy == "test_accuracy" else "at the early-stop iteration"
     return by_weights(rows, keys, options, name="accuracy_vs_weights_remaining",
@@ -217,7 +194,7 @@ def accuracy_figure(summary: Summary, options: Options) -> Figure:
 
 
 def early_stop_figure(summary: Summary, options: Options) -> Figure:
-    """From `store.summary` of `early_stop_iter`."""
+    """From `analysis.summary` of `early_stop_iter`."""
     keys, rows = summary
     return by_weights(rows, keys, options, name="early_stop_vs_weights_remaining",
                       title="Early-stop iteration (minimum validation loss) vs. weights remaining",
@@ -226,53 +203,9 @@ def early_stop_figure(summary: Summary, options: Options) -> Figure:
                               "Carbin 2019: winning tickets stop earlier than the dense network, controls later.")
 
 
-# ---------------------------------------------------------------------------------------------
-# the matching table
-
-
-def parse_tolerance(text: str) -> tuple[str, float]:
-    """'1std' -> ('std', 1.0): within one std of dense; '0.5pt' -> ('pt', 0.005): within 0.5 accuracy points."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(std|pt)\s*", text)
-    if not match:
-        raise ReportError(f"--tolerance {text!r}: expected a multiple of dense's std over seeds such as 1std "
-                          "(the LMC paper's definition of matching) or accuracy points such as 0.5pt")
-    value, unit = float(match.group(1)), match.group(2)
-    return unit, value if unit == "std" else value / 100
-
-
-def matching(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], variants: Sequence[str], tolerance: str
-             ) -> list[dict[str, Any]]:
-    """Per setting (`store.summary` rows): the dense mean and std, the tolerance used, and per variant the
-    pruned level with the fewest weights remaining that is matching (mean accuracy >= dense mean -
-    tolerance; None: no level is), with the denser levels that are not (`gaps`: noise or a real dip,
-    the reader decides), and the ticket's best pruned level."""
-    unit, amount = parse_tolerance(tolerance)
-    out = []
-    for setting, setting_rows in _groups(rows, keys).items():
-        first = setting_rows[0]
-        std = first["dense_std"]
-        entry = {"setting": dict(zip(keys, setting)), "dense_mean": first["dense_mean"], "dense_std": std,
-                 "tolerance": amount * (std or 0.0) if unit == "std" else amount,
-                 "tolerance_note": "one seed: no std, so at least dense" if unit == "std" and std is None else ""}
-        pruned = sorted((r for r in setting_rows if r["level"] > 0), key=lambda r: r["level"])
-        for variant in variants:
-            levels = [r for r in pruned if r.get(f"{variant}_mean") is not None]
-            matches = [r[f"{variant}_mean"] >= first["dense_mean"] - entry["tolerance"] - 1e-12 for r in levels]
-            last = max((i for i, m in enumerate(matches) if m), default=None)
-            entry[variant] = None if last is None else {
-                "level": levels[last]["level"], "weights_remaining": levels[last]["weights_remaining"],
-                "all_levels": last == len(levels) - 1,
-                "gaps": [r["weights_remaining"] for r, m in zip(levels[:last], matches) if not m]}
-        best = max((r for r in pruned if r.get("ticket_mean") is not None), key=lambda r: r["ticket_mean"],
-                   default=None)
-        entry["best_ticket"] = None if best is None else {
-            "level": best["level"], "weights_remaining": best["weights_remaining"], "mean": best["ticket_mean"]}
-        out.append(entry)
-    return out
-
 
 def matching_table(summary: Summary, options: Options) -> Table:
-    """From `store.summary` of `options.accuracy`."""
+    """From `analysis.summary` of `options.accuracy`."""
     keys, rows = summary
     variants = [v for v in options.variants if any(r.get(f"{v}_mean") is not None for r in rows if r["level"] > 0)]
     entries = matching(keys, rows, variants, options.tolerance)
@@ -308,16 +241,19 @@ def _mean_std(mean: float | None, std: float | None) -> str:
     return f"{mean:.2%}" if std is None else f"{mean:.2%} ± {std:.2%}"
 
 
-def summary_table(summary: Summary, options: Options) -> Table:
-    """From `store.summary` of `options.accuracy`."""
+def summary_table(summary: Summary, options: Options, long_names: bool = False) -> Table:
+    """From `analysis.summary` of `options.accuracy`: per setting and level, the dense network's and each
+    variant's mean ± std over seeds. `long_names`: settings by their full dotted keys (`lth results`)."""
     keys, rows = summary
+    label = _long_label if long_names else _label
     variants = [v for v in options.variants if any(r.get(f"{v}_mean") is not None for r in rows)]
     return Table("summary", f"{options.accuracy.replace('_', ' ').capitalize()} per level",
-                 ("setting", "level", "remaining", "seeds", *variants),
-                 tuple((_label(keys, [r[k] for k in keys]) or "all trials", str(r["level"]),
-                        f"{r['weights_remaining']:.1%}", str(r["seeds"]),
+                 ("setting", "level", "remaining", "seeds", DENSE, *variants),
+                 tuple((label(keys, [r[k] for k in keys]) or "all trials", str(r["level"]),
+                        f"{r['weights_remaining']:.1%}", str(r["seeds"]), _mean_std(r["dense_mean"], r["dense_std"]),
                         *(_mean_std(r.get(f"{v}_mean"), r.get(f"{v}_std")) for v in variants)) for r in rows),
-                 "Mean ± std over seeds; level 0's ticket is the dense network.")
+                 f"Mean ± std of {options.accuracy.replace('_', ' ')} over seeds; level 0's ticket is the dense "
+                 "network.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +265,7 @@ def _sparsity(level: int, remaining: float) -> str:
 
 
 def instability_figure(summary: Summary, options: Options) -> Figure:
-    """From `store.stability_summary`."""
+    """From `analysis.stability_summary`."""
     keys, rows = summary
     others = [k for k in keys if k not in STABILITY_AXES]
     lines, panels = layout(others, rows, options)
@@ -338,9 +274,9 @@ def instability_figure(summary: Summary, options: Options) -> Figure:
     threshold = rows[0]["threshold"] * 100
     colors: dict[tuple, int] = {}
     out = []
-    for (split, *panel_values), panel_rows in _groups(rows, ["split", *panels]).items():
+    for (split, *panel_values), panel_rows in groups(rows, ["split", *panels]).items():
         series = []
-        for (level, *setting), line_rows in _groups(panel_rows, ["level", *lines]).items():
+        for (level, *setting), line_rows in groups(panel_rows, ["level", *lines]).items():
             color = colors.setdefault((level, *setting), len(colors))
             points = sorted((r["rewind_iter"], r["instability_mean"] * 100, r["instability_std"]) for r in line_rows)
             errors = tuple((e or 0.0) * 100 for _, _, e in points)
@@ -362,16 +298,16 @@ def instability_figure(summary: Summary, options: Options) -> Figure:
 
 def path_figure(table: pa.Table, options: Options) -> Figure:
     df = table.to_pandas()
-    keys = [k for k in store.settings(df) if k not in STABILITY_AXES]
+    keys = [k for k in settings(df) if k not in STABILITY_AXES]
     lines, panels = layout(keys, df[keys].to_dict("records") if keys else [{}], options)
     grouped = df.groupby([*keys, "level", "split", "rewind_iter", "alpha_index"], dropna=False, sort=True).agg(
         alpha=("alpha", "first"), error=("error", "mean"), remaining=("weights_remaining", "mean")).reset_index()
-    records = store.clean(grouped.to_dict("records"))
+    records = clean(grouped.to_dict("records"))
     ks = sorted({r["rewind_iter"] for r in records})
     out = []
-    for (level, split, *panel_values), panel_rows in _groups(records, ["level", "split", *panels]).items():
+    for (level, split, *panel_values), panel_rows in groups(records, ["level", "split", *panels]).items():
         series = []
-        for (*setting, k), line_rows in _groups(panel_rows, [*lines, "rewind_iter"]).items():
+        for (*setting, k), line_rows in groups(panel_rows, [*lines, "rewind_iter"]).items():
             points = sorted((r["alpha"], r["error"] * 100) for r in line_rows)
             series.append(Series(", ".join(filter(None, [f"k={k}", _label(lines, setting)])),
                                  tuple(p[0] for p in points), tuple(p[1] for p in points), color=ks.index(k)))
@@ -383,177 +319,15 @@ def path_figure(table: pa.Table, options: Options) -> Figure:
                   "interpolation α", "error (%)", tuple(out))
 
 
-def stability_table(summary: Summary) -> Table:
-    """From `store.stability_summary`."""
+def stability_table(summary: Summary, long_names: bool = False) -> Table:
+    """From `analysis.stability_summary`. `long_names`: settings by their full dotted keys (`lth results`)."""
     keys, rows = summary
+    label = _long_label if long_names else _label
     return Table("stability", "Instability per setting", ("setting", "split", "k", "remaining", "pairs",
                                                           "instability", "endpoint error", "stable pairs"),
-                 tuple((_label(keys, [r[k] for k in keys]), r["split"], str(r["rewind_iter"]),
+                 tuple((label(keys, [r[k] for k in keys]) or "all trials", r["split"], str(r["rewind_iter"]),
                         f"{r['weights_remaining']:.1%}", str(r["pairs"]),
                         _mean_std(r["instability_mean"], r["instability_std"]), f"{r['endpoint_error']:.2%}",
                         f"{r['stable_fraction']:.0%}") for r in rows),
                  f"Mean ± std over pairs of copies; stable: instability below {rows[0]['threshold']:.0%}.")
 
-
-# ---------------------------------------------------------------------------------------------
-# the whole report
-
-
-def build(tables: Mapping[str, pa.Table], options: Options, title: str, header: str = "") -> Report:
-    """Every figure and table the tables (file name -> a sweep table, possibly empty) have data for; a
-    note for each one skipped."""
-    unknown = [v for v in options.variants if v not in DEFAULT_VARIANTS]
-    if unknown:
-        raise ReportError(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(DEFAULT_VARIANTS)}")
-    report = Report(title, header)
-    results, path, summary = (tables.get(n) for n in (store.RESULTS_FILE, store.PATH_FILE, store.SUMMARY_FILE))
-    if results is not None and results.num_rows:
-        accuracy = store.summary(results, options.accuracy)  # once: the figure and both tables share it
-        report.figures += [accuracy_figure(accuracy, options),
-                           early_stop_figure(store.summary(results, "early_stop_iter"), options)]
-        report.tables += [matching_table(accuracy, options), summary_table(accuracy, options)]
-    else:
-        report.notes.append(f"skipped accuracy and early-stop vs. weights remaining and the matching table: no IMP "
-                            f"results ({store.RESULTS_FILE}); they come from IMP sweeps (`kind: imp`)")
-    if summary is not None and summary.num_rows:
-        stability = store.stability_summary(summary)
-        report.figures.append(instability_figure(stability, options))
-        report.tables.append(stability_table(stability))
-    else:
-        report.notes.append(f"skipped instability vs. rewind iteration: no stability results ({store.SUMMARY_FILE}); "
-                            "they come from stability sweeps (`kind: stability`, e.g. sweeps/stability_lenet.yaml)")
-    if path is not None and path.num_rows:
-        report.figures.append(path_figure(path, options))
-    else:
-        report.notes.append(f"skipped error along the interpolation path: no stability path ({store.PATH_FILE})")
-    return report
-
-
-def draw(figure: Figure):
-    """The matplotlib figure (no pyplot state: safe in any thread): one axes per panel, on a grid."""
-    from matplotlib.figure import Figure as MplFigure
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    n = len(figure.panels)
-    cols = min(n, 2)
-    rows = math.ceil(n / cols)
-    fig = MplFigure(figsize=(8.0 * cols, 4.4 * rows), layout="constrained")
-    palette = [f"C{i}" for i in range(10)]
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, panel in zip(axes, figure.panels):
-        for band in panel.bands:
-            color = palette[band.color % 10]
-            if band.std:
-                ax.axhspan(band.mean - band.std, band.mean + band.std, color=color, alpha=0.12, label=band.label)
-            else:
-                ax.axhline(band.mean, color=color, alpha=0.5, lw=1, label=band.label)
-        for s in panel.series:
-            style, marker = STYLES.get(s.variant, ("-", "o"))
-            ax.errorbar(s.x, s.y, yerr=s.err, label=s.label, color=palette[s.color % 10], ls=style, marker=marker,
-                        ms=3.5, capsize=2.5, lw=1.3)
-        for label, y in panel.hlines:
-            ax.axhline(y, color="black", ls="--", lw=1, label=label)
-        if figure.xscale == "symlog":
-            ax.set_xscale("symlog", linthresh=figure.linthresh, linscale=0.5)
-        else:
-            ax.set_xscale(figure.xscale)
-        if figure.xscale == "log":
-            ticks = sorted({round(x, 1) for s in panel.series for x in s.x}, reverse=True)
-            ax.set_xticks(ticks[::max(1, math.ceil(len(ticks) / 8))])
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        if figure.invert_x:
-            ax.invert_xaxis()
-        ax.set_xlabel(figure.xlabel)
-        ax.set_ylabel(figure.ylabel)
-        if panel.title:
-            ax.set_title(panel.title, fontsize=9)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: lines stay visible
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    fig.suptitle(figure.title, fontsize=11)
-    return fig
-
-
-def png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    draw(figure).savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
-
-
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px}
-td{text-align:right}td:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%}
-pre{background:#f7f7f7;padding:.8em;white-space:pre-wrap}.note{color:#a15c00}figcaption,.caption{color:#555;
-font-size:13px;max-width:900px}"""
-
-
-def html_page(report: Report, images: Mapping[str, bytes], sources: Sequence[str]) -> str:
-    """One self-contained page: the figures as embedded PNGs, the tables, the notes."""
-    e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(report.title)}</title>"
-             f"<style>{_CSS}</style></head><body><h1>{e(report.title)}</h1>",
-             f"<p class='caption'>Drawn from {', '.join(e(s) for s in sources)} on "
-             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; nothing recomputed.</p>"]
-    if report.header:
-        parts.append(f"<pre>{e(report.header)}</pre>")
-    parts += [f"<p class='note'>{e(note)}</p>" for note in report.notes]
-    for figure in report.figures:
-        data = base64.b64encode(images[figure.name]).decode()
-        parts.append(f"<figure id='{figure.name}'><h2>{e(figure.title)}</h2><img alt='{e(figure.title)}' "
-                     f"src='data:image/png;base64,{data}'><figcaption>{e(figure.caption)}</figcaption></figure>")
-    for table in report.tables:
-        head = "".join(f"<th>{e(c)}</th>" for c in table.columns)
-        body = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in row) + "</tr>" for row in table.rows)
-        parts.append(f"<h2 id='{table.name}'>{e(table.title)}</h2><p class='caption'>{e(table.caption)}</p>"
-                     f"<table><tr>{head}</tr>{body}</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def write(report: Report, out: Path, sources: Sequence[str]) -> list[Path]:
-    """`<name>.png` per figure, `<name>.csv` per table and `report.html` in `out`; returns the files."""
-    import csv
-
-    out.mkdir(parents=True, exist_ok=True)
-    images = {figure.name: png(figure) for figure in report.figures}
-    files = []
-    for name, data in images.items():
-        files.append(out / f"{name}.png")
-        files[-1].write_bytes(data)
-    for table in report.tables:
-        files.append(out / f"{table.name}.csv")
-        with open(files[-1], "w", newline="") as f:
-            csv.writer(f).writerows([table.columns, *table.rows])
-    files.append(out / "report.html")
-    files[-1].write_text(html_page(report, images, sources))
-    return files
-
-
-def load(directories: Sequence[str]) -> tuple[dict[str, pa.Table], str]:
-    """The sweeps' tables (file name -> all their rows; with several sweeps, the sweep's name becomes a
-    setting of its own) and their files' opening comments."""
-    from orchestrator.dense_cache import filesystem
-    from orchestrator.spec import header_comment
-
-    tables: dict[str, list[pa.Table]] = {}
-    headers = []
-    for directory in directories:
-        found = {name: store.read_results(directory, name) for name in store.RUN_TABLES}
-        if not any(t.num_rows for t in found.values()):
-            raise ReportError(f"{directory}: no rows in {', '.join(store.RUN_TABLES)}: not a sweep folder "
-                              "(<storage>/<sweep name>), or no trial has finished a level yet")
-        for name, table in found.items():
-            if len(directories) > 1 and table.num_rows:
-                overrides = [json.dumps({**json.loads(o), "sweep": s}, sort_keys=True)
-                             for o, s in zip(table.column("overrides").to_pylist(), table.column("sweep").to_pylist())]
-                table = table.set_column(table.schema.get_field_index("overrides"), "overrides", pa.array(overrides))
-            tables.setdefault(name, []).append(table)
-        fs, root = filesystem(directory)
-        try:
-            with fs.open_input_stream(f"{root}/{store.SWEEP_FILE}") as f:
-                headers.append(header_comment(f.read().decode()))
-        except (FileNotFoundError, OSError):
-            pass
-    return {name: pa.concat_tables(parts) for name, parts in tables.items()}, "\n\n".join(filter(None, headers))

@@ -1,4 +1,4 @@
-"""The sweep's Parquet table: atomic under a killed writer, readable by other tools, summarised by seed."""
+"""The sweep folder's Parquet table: atomic under a killed writer, readable by other tools, summarised by seed."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import store
+from orchestrator import sweep_folder
 from orchestrator.cli import main
+from orchestrator.report import analysis
+from trainables.layout import RESULTS
 from trainables.results import LEVELS_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +37,8 @@ def trial_rows(lr: float, seed: int, levels: int = 2, controls=("reinit",)) -> p
     return pa.Table.from_pylist(rows, schema=LEVELS_SCHEMA)
 
 
-def sweep_table(directory: Path) -> store.SweepTable:
-    table = store.SweepTable(str(directory), "study", "abc123")
+def sweep_table(directory: Path) -> sweep_folder.SweepTable:
+    table = sweep_folder.SweepTable(str(directory), "study", "abc123", RESULTS)
     for i, (lr, seed) in enumerate((lr, seed) for lr in (0.01, 0.03) for seed in (0, 1, 2)):
         table.set(f"t{i}", {"train.lr": lr, "seed": seed}, trial_rows(lr, seed))
     table.save()
@@ -45,7 +47,7 @@ def sweep_table(directory: Path) -> store.SweepTable:
 
 def test_summary_is_mean_and_std_over_seeds(tmp_path):
     sweep_table(tmp_path)
-    keys, rows = store.summary(store.read_results(str(tmp_path)))
+    keys, rows = analysis.summary(sweep_folder.read_table(str(tmp_path), RESULTS))
     assert keys == ["train.lr"]  # seeds are replicates, not settings
     assert [(r["train.lr"], r["level"]) for r in rows] == [(lr, lvl) for lr in (0.01, 0.03) for lvl in range(3)]
     for r in rows:
@@ -80,15 +82,15 @@ def test_a_trial_only_ever_adds_rows(tmp_path):
     assert not table.set("t0", {"train.lr": 0.01, "seed": 0}, trial_rows(0.01, 0, levels=1))
     assert table.set("t0", {"train.lr": 0.01, "seed": 0}, trial_rows(0.01, 0, levels=3))
     table.save()
-    reread = store.SweepTable(str(tmp_path), "study", "abc123")  # a resumed driver starts from the file
+    reread = sweep_folder.SweepTable(str(tmp_path), "study", "abc123", RESULTS)  # a resumed driver starts from the file
     assert reread.trials["t0"].num_rows == 7 and reread.table().num_rows == 7 + 5 * 5
 
 
 WRITER = textwrap.dedent("""
     import sys
-    from orchestrator import store
-    from tests.test_store import trial_rows
-    table = store.SweepTable(sys.argv[1], "study", "abc123")
+    from orchestrator import sweep_folder
+    from tests.test_sweep_folder import trial_rows
+    table = sweep_folder.SweepTable(sys.argv[1], "study", "abc123", "results.parquet")
     rows = trial_rows(0.01, 0, levels=400)  # built once: the loop's time goes to rewriting the table
     for i in range(10_000):
         table.set(f"t{i}", {"train.lr": 0.01, "seed": i}, rows)
@@ -110,12 +112,12 @@ def test_a_writer_killed_mid_write_leaves_every_committed_row_readable(tmp_path)
         writer.send_signal(signal.SIGKILL)
         committed += [int(line) for line in writer.communicate()[0].split()]
         interrupted += bool(list(directory.glob(".*.tmp")))
-        table = pq.read_table(directory / store.RESULTS_FILE)
+        table = pq.read_table(directory / RESULTS)
         trials = set(table.column("trial_id").to_pylist())
         # Every printed commit is there; at most the one being written when killed is there too.
         assert {f"t{i}" for i in range(committed[-1])} <= trials
         assert len(trials) <= committed[-1] + 1
-        assert table.num_rows == len(trials) * 801 and table.schema.equals(store.SWEEP_SCHEMA)
+        assert table.num_rows == len(trials) * 801 and table.schema.equals(sweep_folder.sweep_schema(RESULTS))
         if interrupted >= 2:
             break
     assert interrupted >= 1, "no kill landed mid-write"
@@ -136,12 +138,12 @@ READER = textwrap.dedent("""
 
 def test_the_table_reads_with_pandas_duckdb_and_polars_alone(tmp_path):
     sweep_table(tmp_path)
-    out = subprocess.run([sys.executable, "-I", "-c", READER, str(tmp_path / store.RESULTS_FILE)],
+    out = subprocess.run([sys.executable, "-I", "-c", READER, str(tmp_path / RESULTS)],
                          capture_output=True, text=True, cwd=tmp_path, check=True).stdout.split()
     assert out[:3] == ["30", "12", "6"] and out[3].startswith("Datetime")
 
 
 def test_every_column_is_documented_in_the_readme():
     readme = (ROOT / "README.md").read_text()
-    missing = [f.name for f in store.SWEEP_SCHEMA if f"`{f.name}`" not in readme]
+    missing = [f.name for f in sweep_folder.sweep_schema(RESULTS) if f"`{f.name}`" not in readme]
     assert not missing, f"README's results schema lacks {missing}"

@@ -1,0 +1,73 @@
+"""Reports: the papers' figures and a self-contained HTML page, drawn from sweeps' Parquet tables.
+
+Nothing is recomputed: every number comes from the sweep folders' tables, averaged over seeds by
+`analysis`; `figures` describes what is shown, `render` draws it. `build` makes every figure and table
+the tables have data for, with a one-line note for each one skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Mapping, Sequence
+
+import pyarrow as pa
+
+from orchestrator import sweep_folder
+from orchestrator.report import analysis
+from orchestrator.report.analysis import ReportError
+from orchestrator.report.figures import (DEFAULT_VARIANTS, Options, Report, accuracy_figure, early_stop_figure,
+                                         instability_figure, matching_table, path_figure, stability_table,
+                                         summary_table)
+from trainables.layout import RESULTS, STABILITY_PATH, STABILITY_SUMMARY
+
+__all__ = ["Options", "Report", "ReportError", "build", "load"]
+
+
+def build(tables: Mapping[str, pa.Table], options: Options, title: str, header: str = "") -> Report:
+    """Every figure and table the tables (file name -> a sweep table, possibly empty) have data for; a
+    note for each one skipped."""
+    unknown = [v for v in options.variants if v not in DEFAULT_VARIANTS]
+    if unknown:
+        raise ReportError(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(DEFAULT_VARIANTS)}")
+    report = Report(title, header)
+    results, path, summary = (tables.get(n) for n in (RESULTS, STABILITY_PATH, STABILITY_SUMMARY))
+    if results is not None and results.num_rows:
+        accuracy = analysis.summary(results, options.accuracy)  # once: the figure and both tables share it
+        report.figures += [accuracy_figure(accuracy, options),
+                           early_stop_figure(analysis.summary(results, "early_stop_iter"), options)]
+        report.tables += [matching_table(accuracy, options), summary_table(accuracy, options)]
+    else:
+        report.notes.append(f"skipped accuracy and early-stop vs. weights remaining and the matching table: no IMP "
+                            f"results ({RESULTS}); they come from IMP sweeps (`kind: imp`)")
+    if summary is not None and summary.num_rows:
+        stability = analysis.stability_summary(summary)
+        report.figures.append(instability_figure(stability, options))
+        report.tables.append(stability_table(stability))
+    else:
+        report.notes.append(f"skipped instability vs. rewind iteration: no stability results ({STABILITY_SUMMARY}); "
+                            "they come from stability sweeps (`kind: stability`, e.g. sweeps/stability_lenet.yaml)")
+    if path is not None and path.num_rows:
+        report.figures.append(path_figure(path, options))
+    else:
+        report.notes.append(f"skipped error along the interpolation path: no stability path ({STABILITY_PATH})")
+    return report
+
+
+def load(directories: Sequence[str]) -> tuple[dict[str, pa.Table], str]:
+    """The sweeps' tables (file name -> all their rows; with several sweeps, the sweep's name becomes a
+    setting of its own) and their files' opening comments."""
+    tables: dict[str, list[pa.Table]] = {}
+    headers = []
+    for directory in directories:
+        found = sweep_folder.read_tables(directory)
+        if not any(t.num_rows for t in found.values()):
+            raise ReportError(f"{directory}: no rows in {', '.join(found)}: not a sweep folder "
+                              "(<storage>/<sweep name>), or no trial has finished a level yet")
+        for name, table in found.items():
+            if len(directories) > 1 and table.num_rows:
+                overrides = [json.dumps({**json.loads(o), "sweep": s}, sort_keys=True)
+                             for o, s in zip(table.column("overrides").to_pylist(), table.column("sweep").to_pylist())]
+                table = table.set_column(table.schema.get_field_index("overrides"), "overrides", pa.array(overrides))
+            tables.setdefault(name, []).append(table)
+        headers.append(sweep_folder.header(directory))
+    return {name: pa.concat_tables(parts) for name, parts in tables.items()}, "\n\n".join(filter(None, headers))

@@ -1,0 +1,269 @@
+"""A sweep folder, `<storage>/<name>/`: every path and file name in it, and reading and writing them.
+
+    sweep.yaml            the sweep file with its base config resolved: all `lth sweep resume` needs
+    sweep.json            the sweep's id and MLflow location, fixed at its first launch
+    results.parquet, ...  the sweep's tables: every trial's rows, the sweep's columns in front
+    trial_<id>/           Tune's trial folder: params.json, checkpoint_NNNNNN/ (the run folder as of a commit)
+    experiment_state-*    Tune's own state
+
+The driver is the tables' only writer: after every commit a trial checkpoints, the driver replaces that
+trial's rows with the checkpoint's and rewrites the table atomically (a temporary file renamed over the
+old one; one whole object on object stores), so readers, pandas, DuckDB and polars included, always see
+a complete table. Trial checkpoints hold the same rows, so `collect` can rebuild the tables from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import yaml
+
+from orchestrator import fs
+from orchestrator.tracking.client import resolve_uri
+from orchestrator.workflows import Workflow, table_schemas
+from trainables.config import ConfigError, to_dict
+from trainables.layout import MANIFEST
+
+if TYPE_CHECKING:
+    from orchestrator.spec import SweepSpec
+
+SWEEP_YAML = "sweep.yaml"
+SWEEP_JSON = "sweep.json"
+TRIAL_PREFIX = "trial_"  # a trial's folder: trial_<Tune's trial id>
+CHECKPOINT_PREFIX = "checkpoint_"
+SWEEP_COLUMNS = [
+    ("sweep", pa.string()),  # the sweep's name (its folder)
+    ("sweep_id", pa.string()),  # unique per launch of a sweep file; kept by `lth sweep resume`
+    ("trial_id", pa.string()),  # Ray Tune's trial id
+    ("overrides", pa.string()),  # JSON: the dotted config keys this trial sets on the sweep's base
+]
+
+
+def sweep_schema(name: str) -> pa.Schema:
+    return pa.schema([*SWEEP_COLUMNS, *table_schemas()[name]])
+
+
+def read_table(directory: str, name: str) -> pa.Table:
+    """One of the sweep's tables (empty if it has none yet)."""
+    fs_, root = fs.filesystem(directory)
+    found = fs.read_table(fs_, f"{root}/{name}", sweep_schema(name))
+    return sweep_schema(name).empty_table() if found is None else found
+
+
+def read_tables(directory: str) -> dict[str, pa.Table]:
+    """Every table a sweep folder can hold, by file name (empty where it has none)."""
+    return {name: read_table(directory, name) for name in table_schemas()}
+
+
+def sweep_rows(trial_rows: pa.Table, name: str, sweep: str, sweep_id: str, trial_id: str,
+               overrides: Mapping[str, Any]) -> pa.Table:
+    n = trial_rows.num_rows
+    schema = sweep_schema(name)
+    columns = {"sweep": [sweep] * n, "sweep_id": [sweep_id] * n, "trial_id": [trial_id] * n,
+               "overrides": [json.dumps(dict(overrides), sort_keys=True)] * n}
+    return pa.Table.from_pydict({**columns, **{f.name: trial_rows.column(f.name) for f in table_schemas()[name]}},
+                                schema=schema)
+
+
+class SweepTable:
+    """The driver's copy of one of the sweep's tables (`name`), rewritten whole after every update."""
+
+    def __init__(self, directory: str, sweep: str, sweep_id: str, name: str):
+        self.directory, self.sweep, self.sweep_id, self.name = directory, sweep, sweep_id, name
+        existing = read_table(directory, name)
+        self.trials: dict[str, pa.Table] = {
+            t: existing.filter(pc.equal(existing.column("trial_id"), t))
+            for t in existing.column("trial_id").unique().to_pylist()}
+
+    def set(self, trial_id: str, overrides: Mapping[str, Any], trial_rows: pa.Table) -> bool:
+        """Set a trial's rows; False if they add nothing (a trial only ever adds rows)."""
+        if trial_id in self.trials and self.trials[trial_id].num_rows >= trial_rows.num_rows:
+            return False
+        self.trials[trial_id] = sweep_rows(trial_rows, self.name, self.sweep, self.sweep_id, trial_id, overrides)
+        return True
+
+    def save(self) -> None:
+        fs.write_table(self.table(), self.directory, self.name)
+
+    def table(self) -> pa.Table:
+        tables = [self.trials[t] for t in sorted(self.trials)]
+        return pa.concat_tables(tables) if tables else sweep_schema(self.name).empty_table()
+
+
+def sweep_tables(directory: str, sweep: str, sweep_id: str, flow: Workflow) -> dict[str, SweepTable]:
+    """The tables a sweep of this workflow keeps, by file name."""
+    return {name: SweepTable(directory, sweep, sweep_id, name) for name in flow.sweep_tables}
+
+
+def record(tables: Mapping[str, SweepTable], trial_id: str, overrides: Mapping[str, Any],
+           rows: Callable[[str], pa.Table | None], save: bool = True) -> set[str]:
+    """Give each table the trial's rows (`rows(name)`); returns the names of those that changed, which
+    are rewritten unless `save` is false."""
+    changed = {name for name, table in tables.items()
+               if (found := rows(name)) is not None and table.set(trial_id, overrides, found)}
+    for name in changed if save else ():
+        tables[name].save()
+    return changed
+
+
+# ---------------------------------------------------------------------------------------------
+# trial folders and their checkpoints
+
+
+def complete(filesystem: pafs.FileSystem, path: str, manifests: bool = True) -> bool:
+    """Whether a checkpoint holds every file its manifest lists, whole. A checkpoint whose upload was cut
+    short (a lost node: Tune uploads files in no fixed order) lacks the manifest or some of its files.
+    `manifests` false: a sweep made before checkpoints carried one, whose checkpoints are taken as they are."""
+    try:
+        with filesystem.open_input_stream(f"{path}/{MANIFEST}") as f:
+            listed = json.loads(f.read())
+    except (OSError, ValueError):
+        return not manifests
+    infos = filesystem.get_file_info([f"{path}/{name}" for name in listed])
+    return all(i.type == pafs.FileType.File and i.size == size for i, size in zip(infos, listed.values()))
+
+
+def progress(filesystem: pafs.FileSystem, path: str, commit_tables: Sequence[str]) -> int:
+    """Committed rows in a run folder: grows with every commit, so the larger of two copies of a trial's
+    folder is the more advanced."""
+    return sum(fs.rows(filesystem, f"{path}/{name}") for name in commit_tables)
+
+
+def latest_checkpoint(filesystem: pafs.FileSystem, trial_path: str, commit_tables: Sequence[str],
+                      manifests: bool = True) -> tuple[str | None, int]:
+    """The trial's complete checkpoint with the most committed rows, and that count."""
+    best, best_rows = None, 0
+    for info in filesystem.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX):
+            if complete(filesystem, info.path, manifests) and (
+                    rows := progress(filesystem, info.path, commit_tables)) > best_rows:
+                best, best_rows = info.path, rows
+    return best, best_rows
+
+
+@dataclass(frozen=True)
+class StoredTrial:
+    """A trial folder in a sweep folder: its Tune config and its most advanced complete checkpoint."""
+
+    trial_id: str
+    params: dict[str, Any]  # the Tune trial config (params.json)
+    fs: pafs.FileSystem
+    checkpoint: str | None
+
+    def rows(self, name: str, schema: pa.Schema) -> pa.Table | None:
+        return None if self.checkpoint is None else fs.read_table(self.fs, f"{self.checkpoint}/{name}", schema)
+
+
+def stored_trials(directory: str, commit_tables: Sequence[str]) -> dict[str, StoredTrial]:
+    """trial id -> what its folder holds, for every trial folder of a sweep."""
+    manifests = uses_manifests(directory)
+    filesystem, root = fs.filesystem(directory)
+    out = {}
+    for trial in filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if trial.type != pafs.FileType.Directory or not trial.base_name.startswith(TRIAL_PREFIX):
+            continue
+        try:
+            with filesystem.open_input_stream(f"{trial.path}/params.json") as f:
+                params = json.loads(f.read())
+        except (OSError, ValueError):
+            continue  # Tune writes params.json first: a folder without one holds nothing yet
+        trial_id = trial.base_name[len(TRIAL_PREFIX):]
+        checkpoint = latest_checkpoint(filesystem, trial.path, commit_tables, manifests)[0]
+        out[trial_id] = StoredTrial(trial_id, params, filesystem, checkpoint)
+    return out
+
+
+def collect(tables: Mapping[str, SweepTable], flow: Workflow,
+            overrides: Callable[[Mapping[str, Any]], Mapping[str, Any]]) -> dict[str, StoredTrial]:
+    """Bring the tables level with the trials' checkpoints (a driver killed before it recorded a commit).
+    `overrides`: a Tune trial config -> the trial's dotted overrides. Returns the trials it read."""
+    directory = next(iter(tables.values())).directory
+    trials = stored_trials(directory, flow.commit_tables)
+    changed = set()
+    for trial in trials.values():
+        changed |= record(tables, trial.trial_id, overrides(trial.params),
+                          lambda name: trial.rows(name, flow.run_tables[name]), save=False)
+    for name in changed:  # once per table, however many trials moved on
+        tables[name].save()
+    return trials
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep.yaml and sweep.json
+
+
+def header_comment(text: str) -> str:
+    """A sweep file's opening comment block (its launch command and what it reproduces), '#' removed."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[2:] if line.startswith("# ") else line[1:])
+    return "\n".join(lines)
+
+
+def save_spec(spec: SweepSpec) -> None:
+    """Store the sweep, its base config fully resolved, in the sweep folder."""
+    raw = yaml.safe_load(spec.text)
+    raw["base"] = to_dict(spec.base)
+    raw["resources"] = dataclasses.asdict(spec.resources)  # as run: `--pack auto` may have changed them
+    header = "".join(f"# {line}\n" for line in header_comment(spec.text).splitlines())
+    text = f"# resolved copy of {spec.source}\n{header}" + yaml.safe_dump(raw, sort_keys=False)
+    fs.write_bytes(spec.folder, SWEEP_YAML, text.encode())
+
+
+def load_spec(directory: str) -> SweepSpec:
+    """The sweep stored in a sweep folder, with its storage and name as found."""
+    from orchestrator.spec import parse_sweep
+
+    data = fs.read_bytes(directory, SWEEP_YAML)
+    if data is None:
+        raise ConfigError(directory, [f"no {SWEEP_YAML} here: not a sweep folder made by `lth sweep run` "
+                                      "(it is <storage>/<sweep name>)"])
+    text = data.decode()
+    spec = parse_sweep(yaml.safe_load(text), f"{fs.filesystem(directory)[1]}/{SWEEP_YAML}", text)
+    return dataclasses.replace(spec, storage=fs.parent(directory), name=fs.filesystem(directory)[1].rsplit("/")[-1])
+
+
+def header(directory: str) -> str:
+    """The opening comment of the sweep file a folder was made from ('' if none)."""
+    data = fs.read_bytes(directory, SWEEP_YAML)
+    return "" if data is None else header_comment(data.decode())
+
+
+def exists(directory: str) -> bool:
+    return fs.exists(directory, SWEEP_YAML)
+
+
+def sweep_record(spec: SweepSpec, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The sweep's id and MLflow location (`sweep.json`), fixed at its first launch; a `tracking_uri`
+    given later (to resume against a server) replaces the stored one."""
+    stored = read_record(spec.folder)
+    if stored is None or tracking_uri:
+        uri = resolve_uri(tracking_uri, spec.tracking.uri, spec.storage) if spec.tracking.enabled else None
+        stored = {"sweep_id": (stored or {}).get("sweep_id") or uuid.uuid4().hex[:12], "tracking_uri": uri,
+                  "experiment": spec.tracking.experiment or spec.name,
+                  "manifests": (stored or {"manifests": True}).get("manifests", False)}
+        write_record(spec.folder, stored)
+    return stored
+
+
+def read_record(directory: str) -> dict[str, Any] | None:
+    """sweep.json: {sweep_id, tracking_uri, experiment, manifests}, or None for a folder without one."""
+    return fs.read_json(directory, SWEEP_JSON)
+
+
+def uses_manifests(directory: str) -> bool:
+    """Whether the sweep's checkpoints carry a manifest (every sweep launched since they do)."""
+    return bool((read_record(directory) or {}).get("manifests"))
+
+
+def write_record(directory: str, record: Mapping[str, Any]) -> None:
+    fs.write_bytes(directory, SWEEP_JSON, json.dumps(dict(record), indent=2).encode())

@@ -1,0 +1,151 @@
+"""`kind: imp`: one trial is one IMP run (`trainables.imp.ImpRun`), committed and reported after every level."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from orchestrator.workflows import MlflowMetrics, Rows, Workflow, csv_bytes, stamp
+from trainables.catalog import CONTROLS
+from trainables.config import Config
+from trainables.layout import HISTORY, RESULTS
+from trainables.results import DENSE, HISTORY_SCHEMA, LEVELS_SCHEMA, TICKET, as_ticket
+
+# Tune: the ticket's numbers at the level just finished, by metric name and results column. Test-set numbers are
+# what the papers report; select on the validation losses to keep the test set unseen.
+TICKET_METRICS = {"ticket_accuracy": "test_accuracy", "ticket_early_stop_accuracy": "early_stop_accuracy",
+                  "ticket_test_loss": "test_loss", "ticket_val_loss": "val_loss",
+                  "ticket_early_stop_val_loss": "early_stop_val_loss", "ticket_early_stop_iter": "early_stop_iter"}
+# ... and every other variant's test accuracy as `{variant}_accuracy` (dense: level 0's).
+# MLflow: `{variant}/{column}` for each of these columns, step = level.
+MLFLOW_COLUMNS = ("test_accuracy", "test_loss", "val_loss", "early_stop_iter", "early_stop_accuracy",
+                  "early_stop_val_loss", "train_seconds")
+# What `lth imp` prints per row: (header, width, format, column).
+_TABLE = [("level", 5, "{:>5}", "level"), ("variant", 11, "{:<11}", "variant"),
+          ("remaining", 9, "{:>8.1%} ", "weights_remaining"), ("test acc", 8, "{:>8.2%}", "test_accuracy"),
+          ("test loss", 9, "{:>9.4f}", "test_loss"), ("es iter", 7, "{:>7}", "early_stop_iter"),
+          ("es acc", 7, "{:>7.2%}", "early_stop_accuracy"), ("seconds", 7, "{:>7.1f}", "train_seconds")]
+
+
+def level_summary(rows: list[dict[str, Any]], level: int) -> dict[str, Any]:
+    """The Tune metrics of one level (and the dense network's accuracy, from level 0)."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        if r["level"] == level:
+            variant = as_ticket(r["variant"])
+            out["weights_remaining"] = r["weights_remaining"]
+            out[f"{variant}_accuracy"] = r["test_accuracy"]
+            if variant == TICKET:
+                out |= {name: r[column] for name, column in TICKET_METRICS.items()}
+        if r["variant"] == DENSE:
+            out["dense_accuracy"] = r["test_accuracy"]
+    return out
+
+
+def level_metrics(rows: list[dict[str, Any]], search: Any) -> dict[str, Any]:
+    """What an IMP trial reports after a level: that level's results and, for optuna, the objective so
+    far (the metric at the last level, or at the level nearest `search.at_weights_remaining`)."""
+    last = max(r["level"] for r in rows)
+    out = {"level": last, **level_summary(rows, last)}
+    if search.algorithm == "optuna":
+        chosen = out
+        if (target := search.at_weights_remaining) is not None:
+            levels = [level_summary(rows, level) for level in sorted({r["level"] for r in rows})]
+            chosen = min(levels, key=lambda m: abs(m["weights_remaining"] - target))
+        if search.metric in chosen:
+            out["objective"] = chosen[search.metric]
+    return out
+
+
+def level_line(result: Mapping[str, Any]) -> list[str]:
+    parts = [f"level {result['level']}"]
+    if "weights_remaining" in result:
+        parts.append(f"{result['weights_remaining']:.1%} remaining")
+    for variant in (TICKET, *CONTROLS.names()):
+        if f"{variant}_accuracy" in result:
+            parts.append(f"{variant} {result[f'{variant}_accuracy']:.2%}")
+    return parts
+
+
+def level_metrics_mlflow(rows: list[dict[str, Any]]) -> MlflowMetrics:
+    """`{variant}/{column}` and `weights_remaining` with step = level; level 0's dense network is also the
+    ticket at 100% of weights, so ticket curves start where the papers' figures do."""
+    out: MlflowMetrics = {}
+    for row in rows:
+        for variant in {row["variant"], as_ticket(row["variant"])}:
+            for column in MLFLOW_COLUMNS:
+                if row[column] is not None:
+                    out[(f"{variant}/{column}", row["level"])] = (float(row[column]), stamp(row))
+        out[("weights_remaining", row["level"])] = (float(row["weights_remaining"]), stamp(row))
+    return out
+
+
+def accuracy_plot(rows: list[dict[str, Any]], title: str) -> bytes:
+    """Test accuracy against weights remaining (log axis, 100% on the left), one line per variant."""
+    from orchestrator.report.figures import Figure, Panel, Series
+    from orchestrator.report.render import png
+
+    lines = []
+    for variant in (TICKET, *CONTROLS.names()):
+        points = sorted(((r["weights_remaining"] * 100, r["test_accuracy"] * 100) for r in rows
+                         if as_ticket(r["variant"]) == variant), reverse=True)
+        if points:
+            lines.append(Series(variant, *map(tuple, zip(*points)), color=len(lines), variant=variant))
+    return png(Figure("accuracy_vs_weights_remaining", title, "", "weights remaining (%)", "test accuracy (%)",
+                      (Panel("", tuple(lines)),), xscale="log", invert_x=True))
+
+
+def header() -> str:
+    return "  ".join(f"{name:<{width}}" if name == "variant" else f"{name:>{width}}" for name, width, _, _ in _TABLE)
+
+
+def row_lines(rows: list[dict[str, Any]]) -> list[str]:
+    return ["  ".join(fmt.format(row[column]) for _, _, fmt, column in _TABLE) for row in rows]
+
+
+class ImpWorkflow(Workflow):
+    name = "imp"
+    description = "IMP runs"
+    unit = "level"
+    run_tables = {RESULTS: LEVELS_SCHEMA, HISTORY: HISTORY_SCHEMA}
+    sweep_tables = (RESULTS,)
+    commit_tables = (RESULTS,)
+    masks_dir = ""
+
+    def metrics(self) -> list[str]:
+        variants = [DENSE, *CONTROLS.names()]
+        return ["weights_remaining", *TICKET_METRICS, *(f"{v}_accuracy" for v in variants)]
+
+    def make_run(self, cfg, workdir, reporter, dense_dir, masks_from):
+        from trainables.imp import ImpRun
+
+        return ImpRun(cfg, workdir, reporter, dense_dir=dense_dir)
+
+    def trial_metrics(self, tables: Rows, cfg: Config, search: Any) -> dict[str, Any]:
+        return level_metrics(tables[RESULTS], search)
+
+    def progress_line(self, result: Mapping[str, Any]) -> str:
+        return ", ".join(level_line(result))
+
+    def trainings(self, cfg: Config, end: int, after_k: int) -> tuple[int, int]:
+        trainings = cfg.imp.levels * (1 + len(cfg.imp.controls))
+        return trainings, trainings * after_k
+
+    def mask_levels(self, cfg: Config) -> range:
+        return range(cfg.imp.levels + 1)
+
+    def finished(self, cfg: Config, tables: Rows) -> bool:
+        return len({r["level"] for r in tables.get(RESULTS, [])}) == cfg.imp.levels + 1
+
+    def mlflow_metrics(self, tables: Rows) -> MlflowMetrics:
+        return level_metrics_mlflow(tables.get(RESULTS, []))
+
+    def mlflow_files(self, tables: Rows, title: str) -> dict[str, bytes]:
+        rows = tables.get(RESULTS, [])
+        return {"results.csv": csv_bytes(rows, LEVELS_SCHEMA),
+                "accuracy_vs_weights_remaining.png": accuracy_plot(rows, title)}
+
+    def lines(self, rows: Rows) -> list[str]:
+        return row_lines(rows.get(RESULTS, []))
+
+
+IMP = ImpWorkflow()
