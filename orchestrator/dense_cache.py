@@ -25,9 +25,8 @@ from trainables.layout import DenseLayout
 CLAIMS_ACTOR = "lth-dense-claims"
 
 
-@ray.remote(num_cpus=0)
-class DenseClaims:
-    """Which trial is computing which dense run."""
+class Claims:
+    """Which trial is computing which dense run. In a sweep it lives in a Ray actor (`claims_actor`)."""
 
     def __init__(self) -> None:
         self.owner: dict[str, str] = {}
@@ -41,6 +40,22 @@ class DenseClaims:
 
     def release_trial(self, trial: str) -> None:
         self.owner = {k: v for k, v in self.owner.items() if v != trial}
+
+
+DenseClaims = ray.remote(num_cpus=0)(Claims)
+
+
+class ActorClaims:
+    """`Claims`'s calls on the sweep's actor, answered synchronously."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def claim(self, key: str, trial: str) -> bool:
+        return ray.get(self.actor.claim.remote(key, trial))
+
+    def release(self, key: str, trial: str) -> None:
+        self.actor.release.remote(key, trial)
 
 
 def claims_actor(create: bool = False):
@@ -98,23 +113,25 @@ class DenseStore:
 
 
 def acquire(cfg: Config, rewind_points: Sequence[str], store: DenseStore, trial: str,
-            reporter: Reporter | None = None, poll: float = 2.0) -> Path:
-    """The local directory of `cfg`'s dense run with every rewind point in `rewind_points`,
-    computing what is missing (once across the sweep), or waiting for the trial that is."""
+            reporter: Reporter | None = None, poll: float = 2.0, claims: Claims | ActorClaims | None = None) -> Path:
+    """The local directory of `cfg`'s dense run with every rewind point in `rewind_points`, computing what is
+    missing (once across the sweep), or waiting for the trial that is. `claims`: default the sweep's actor;
+    none outside a sweep. A claim is released however the computation ends, so a waiting trial takes over."""
     key = dense_hash(cfg)
     steps = steps_per_epoch(cfg.data, cfg.train.batch_size)
     points = sorted({0, *(to_iterations(p, steps) for p in rewind_points)})
-    claims = claims_actor()
+    if claims is None and (actor := claims_actor()) is not None:
+        claims = ActorClaims(actor)
     while True:
         if store.complete(key, points):
             return store.fetch(key, points)
-        if claims is None or ray.get(claims.claim.remote(key, trial)):
+        if claims is None or claims.claim(key, trial):
             try:
                 local = store.fetch(key, points)
                 DenseRun(cfg, local, reporter).ensure(points)
                 store.publish(key, points)
             finally:
                 if claims is not None:
-                    claims.release.remote(key, trial)
+                    claims.release(key, trial)
             return local
         time.sleep(poll)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
+
+from orchestrator.dense_cache import Claims, DenseStore, acquire
 from tests.sweep_helpers import BASE
 from trainables.config import dense_hash, from_dict
 from trainables.imp import ImpRun, Reporter
-
-from orchestrator.dense_cache import DenseStore, acquire
+from trainables.layout import DenseLayout
 
 
 class Count(Reporter):
@@ -17,6 +22,7 @@ class Count(Reporter):
         self.trainings.append((level, variant))
 
 
+@pytest.mark.slow
 def test_a_dense_run_on_uri_storage_is_computed_once_and_fetched_elsewhere(tmp_path):
     cfg = from_dict(BASE)
     uri = f"file://{tmp_path / 'bucket'}"  # the remote code path (upload, download), on a local disk
@@ -37,3 +43,46 @@ def test_a_dense_run_on_uri_storage_is_computed_once_and_fetched_elsewhere(tmp_p
     own = ImpRun(run, tmp_path / "own").run().to_pandas()
     columns = ["level", "variant", "test_accuracy", "test_loss", "early_stop_iter"]
     assert shared[columns].equals(own[columns])
+
+
+def _publish(root, key, points):
+    """What a finished dense run leaves on storage (its files, the commit record last)."""
+    for name in DenseLayout.files(points):
+        (root / "dense" / key / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "dense" / key / name).write_bytes(b"x")
+
+
+def test_a_trial_waits_for_the_claimed_dense_run_and_does_not_train_it(tmp_path, monkeypatch):
+    cfg = from_dict(BASE)
+    key, claims = dense_hash(cfg), Claims()
+    assert claims.claim(key, "owner") and not claims.claim(key, "waiter") and claims.claim(key, "owner")
+    monkeypatch.setattr("orchestrator.dense_cache.DenseRun", None)  # the waiter must never build one
+    found = []
+    waiter = threading.Thread(target=lambda: found.append(
+        acquire(cfg, ["0it"], DenseStore(str(tmp_path)), "waiter", poll=0.01, claims=claims)))
+    waiter.start()
+    time.sleep(0.1)
+    assert waiter.is_alive() and not found  # still waiting: the owner has not published
+    _publish(tmp_path, key, [0])
+    waiter.join(5)
+    assert found == [tmp_path / "dense" / key]
+
+
+def test_a_failed_computation_releases_its_claim_for_the_next_trial(tmp_path, monkeypatch):
+    cfg = from_dict(BASE)
+    claims = Claims()
+
+    class Failing:
+        def __init__(self, *args):
+            pass
+
+        def ensure(self, points):
+            raise RuntimeError("node lost")
+
+    monkeypatch.setattr("orchestrator.dense_cache.DenseRun", Failing)
+    with pytest.raises(RuntimeError, match="node lost"):
+        acquire(cfg, ["0it"], DenseStore(str(tmp_path)), "first", poll=0.01, claims=claims)
+    assert claims.owner == {}  # released: the next trial (or this one, retried) claims it
+    assert claims.claim(dense_hash(cfg), "second")
+    claims.release_trial("second")  # what the driver does when a trial stops
+    assert claims.owner == {}

@@ -134,3 +134,21 @@ def test_progress_lines_name_trials_as_the_dry_run_does_and_never_stop_a_sweep(t
     assert "trial 5 (lr=0.003): level 2, 64.0% remaining, ticket 97.12%, reinit 95.00%" in out
     assert "trial 2 (lr=0.01)" in out  # searchers' random trial ids: numbered as seen
     assert "progress display failed: AttributeError" in out
+
+
+def test_a_sweep_naming_a_missing_dataset_fails_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    path = tmp_path / "cifar.yaml"
+    base = {"preset": "resnet20", "data": {"root": str(tmp_path / "data")}, "imp": {"levels": 1}}
+    path.write_text(yaml.safe_dump({**sweep_raw(tmp_path / "store"), "base": base, "space": {"train.lr": [0.1]}}))
+    assert main(["sweep", "run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"dataset 'cifar10' not found in {tmp_path / 'data'}" in err and "lth data download cifar10" in err
+    assert not ray.is_initialized() and not (tmp_path / "store").exists()  # nothing started, nothing written
+    from trainables.catalog import missing_dataset
+    from trainables.config import DataConfig
+
+    assert missing_dataset(DataConfig(dataset="cifar10", root=str(tmp_path), download=True)) is None  # may fetch it
+    assert missing_dataset(DataConfig(dataset="mnist5k")) is None  # bundled

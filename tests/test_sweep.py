@@ -1,19 +1,21 @@
-"""End to end on a local Ray instance: a quickstart-like sweep, shared dense runs, Optuna, retries."""
+"""End to end on a local Ray instance: a quickstart-like sweep, shared dense runs, Optuna, retries,
+permanent errors."""
 
 from __future__ import annotations
 
 import collections
 import os
+import shutil
 import signal
 import threading
 
 import pytest
 import ray
 
-from orchestrator import tuner
+from orchestrator import sweep_folder, tuner
 from orchestrator.cli import main
 from tests.sweep_helpers import BASE, COLUMNS, read_log, sweep_spec, trial_results, wait_for
-from trainables.config import config_hash
+from trainables.config import config_hash, dense_hash
 from trainables.imp import ImpRun
 
 pytestmark = pytest.mark.slow
@@ -113,3 +115,25 @@ def test_a_trial_whose_process_dies_is_retried_from_its_last_level(tmp_path, fre
     cfg = spec.trial_config(spec.grid()[0])
     expected = ray.get(direct.remote(cfg, tmp_path / "direct"))
     assert trial_results(tmp_path / "store" / "retry")[config_hash(cfg)].equals(expected)
+
+
+def test_an_error_no_retry_can_fix_fails_its_trial_at_once_and_resume_runs_it_after_the_fix(tmp_path, fresh_log,
+                                                                                           capsys):
+    spec = sweep_spec(tmp_path / "store", name="broken", space={"prune.rate": [0.5]}, max_failures=2)
+    cfg = spec.trial_config(spec.grid()[0])
+    dense = tmp_path / "store" / "dense" / dense_hash(cfg)
+    dense.mkdir(parents=True)
+    (dense / "config.yaml").write_text("model: [")  # a shared dense run that cannot be read: permanent
+    results = tuner.run(spec)
+    out = capsys.readouterr().out
+    assert results.num_errors == 1 and "permanent_error" in results[0].metrics
+    lines = [line for line in out.splitlines() if "FAILED" in line]
+    assert len(lines) == 1 and "not retried" in lines[0] and "ConfigError" in lines[0] and "Traceback" not in out
+    (error_file,) = (tmp_path / "store" / "broken").glob("trial_*/error.txt")
+    text = error_file.read_text()
+    assert text.count("Failure #") == 1 and "Traceback" in text  # one attempt; the traceback stays in the file
+    assert not read_log(fresh_log)  # nothing was trained
+    shutil.rmtree(dense)  # the fix
+    resumed = tuner.run(sweep_folder.load_spec(str(tmp_path / "store" / "broken")), resume=True)
+    assert resumed.num_terminated == 1 and resumed.num_errors == 0
+    assert {e["level"] for e in read_log(fresh_log) if e["event"] == "level_done"} == {0, 1, 2, 3}

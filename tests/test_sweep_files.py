@@ -54,53 +54,89 @@ def test_sweep_file_loads_and_opens_with_its_launch_command(path):
     assert iterations > 0 and dense >= 1 and trainings >= 1
 
 
-def test_lenet_mnist_is_the_2019_lenet_study():
-    spec = _load("lenet_mnist.yaml")
+class Each(list):
+    """Per trial, in the grid's order (the sweep's cases), instead of one value for every trial."""
+
+
+def _get(cfg: Config, key: str):
+    """A dotted config key, or a derived quantity: `it:<key>` (a duration in iterations), `it:<key>[]` (a list of
+    them), `rate:<kind>` (the per-level rate of a layer kind)."""
+    if key.startswith("rate:"):
+        return cfg.prune.rate_for(key[5:])
+    if key.startswith("it:"):
+        value = _get(cfg, key[3:].rstrip("[]"))
+        return [_iterations(cfg, v) for v in value] if key.endswith("[]") else _iterations(cfg, value)
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return list(node) if isinstance(node, tuple) else node
+
+
+SGD_CIFAR = {"data.dataset": "cifar10", "train.optimizer": "sgd", "train.momentum": 0.9, "train.weight_decay": 1e-4,
+             "train.gamma": 0.1, "prune.scope": "global", "rate:conv": 0.2}
+LMC_STABILITY = {"stability.alpha_points": 30, "stability.threshold": 0.02, "stability.barrier": "endpoints_mean",
+                 "stability.replicates": 3, "stability.splits": ["train", "test"]}
+# What the papers ran (../shared/reference/papers.md), by sweep file: every trial holds these values.
+PAPER_VALUES = {
+    "lenet_mnist.yaml": {  # Frankle & Carbin 2019, Fig. 2: LeNet-300-100
+        "model.arch": "lenet_300_100", "data.dataset": "mnist", "train.optimizer": "adam", "train.lr": 1.2e-3,
+        "train.batch_size": 60, "it:train.length": 50_000, "prune.scope": "layerwise", "rate:linear": 0.2,
+        "rate:output": 0.1, "imp.rewind_iter": "0it", "imp.controls": ["reinit", "random_mask"]},
+    "lr_sensitivity_vgg19.yaml": {  # F&C 2019 §4: VGG-19 at 0.1, 0.01, 0.1 + 10K warm-up; 160 epochs of 45K
+        **SGD_CIFAR, "model.arch": "vgg19", "train.batch_size": 64, "it:train.length": 112_480,
+        "it:train.milestones[]": [56_240, 84_360], "prune.exclude": ["fc"], "imp.rewind_iter": "0it",
+        "train.lr": Each([0.1, 0.01, 0.1]), "it:train.warmup": Each([0, 0, 10_000])},
+    "lr_sensitivity_resnet20.yaml": {  # F&C 2019 §4: "Resnet-18" at 0.1, 0.01, 0.03 + 20K warm-up
+        **SGD_CIFAR, "model.arch": "resnet20", "train.batch_size": 128, "it:train.length": 30_000,
+        "it:train.milestones[]": [20_000, 25_000], "prune.exclude": ["fc", "*shortcut*"], "imp.rewind_iter": "0it",
+        "train.lr": Each([0.1, 0.01, 0.03]), "it:train.warmup": Each([0, 0, 20_000])},
+    "rewind_sweep.yaml": {  # Frankle et al. 2020 (LMC): ResNet-20, 160 epochs of 50K, k up to 5K
+        **SGD_CIFAR, "model.arch": "resnet20", "train.lr": 0.1, "train.batch_size": 128, "it:train.warmup": 0,
+        "it:train.length": 62_400, "it:train.milestones[]": [31_200, 46_800]},
+    "stability_lenet.yaml": {  # LMC: LeNet-300-100, Adam 1.2e-3, batch 60, 24K it
+        **LMC_STABILITY, "model.arch": "lenet_300_100", "data.dataset": "mnist", "train.optimizer": "adam",
+        "train.lr": 1.2e-3, "train.batch_size": 60, "it:train.length": 24_000},
+    "stability_resnet20.yaml": {  # LMC: ResNet-20, 160 epochs of 50K images
+        **LMC_STABILITY, **SGD_CIFAR, "model.arch": "resnet20", "train.lr": 0.1, "train.batch_size": 128,
+        "it:train.length": 62_400, "it:train.milestones[]": [31_200, 46_800]},
+}
+# ... and across its trials: the seeds, the rewind points, the analysed levels, and how far IMP prunes.
+PAPER_SWEEPS = {
+    "lenet_mnist.yaml": {"seed": [0, 1, 2, 3, 4], "below": 0.036},  # past the paper's 3.6%
+    "lr_sensitivity_vgg19.yaml": {"below": 0.015},  # past the warm-up case's 1.5%
+    "lr_sensitivity_resnet20.yaml": {"below": 0.118},  # past the warm-up case's 11.8%
+    "rewind_sweep.yaml": {"seed": [0, 1, 2], "it:imp.rewind_iter": [0, 100, 500, 1000, 2000, 5000]},
+    "stability_lenet.yaml": {"seed": [0, 1, 2], "stability.level": [0, 15], "it:imp.rewind_iter": [0, 100, 500, 2000]},
+    "stability_resnet20.yaml": {"seed": [0, 1, 2], "stability.level": [0, 8],
+                                "it:imp.rewind_iter": [0, 100, 500, 2000, 5000]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_VALUES))
+def test_sweep_files_hold_the_papers_values(name):
+    spec = _load(name)
     configs = _configs(spec)
-    assert sorted(c.seed for c in configs) == [0, 1, 2, 3, 4]
-    for cfg in configs:
-        assert (cfg.model.arch, cfg.data.dataset) == ("lenet_300_100", "mnist")
-        assert (cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size) == ("adam", 1.2e-3, 60)
-        assert _iterations(cfg, cfg.train.length) == 50_000
-        assert cfg.prune.scope == "layerwise"
-        assert (cfg.prune.rate_for("linear"), cfg.prune.rate_for("output")) == (0.2, 0.1)
-        assert cfg.imp.rewind_iter == "0it" and set(cfg.imp.controls) == {"reinit", "random_mask"}
-        assert 0.8 ** cfg.imp.levels < 0.036  # reaches past the paper's 3.6%
+    for key, expected in PAPER_VALUES[name].items():
+        found = [_get(cfg, key) for cfg in configs]
+        if isinstance(expected, Each):
+            assert found == expected * (len(found) // len(expected)), (name, key)
+        else:
+            assert all(value == expected for value in found), (name, key, found)
+    across = PAPER_SWEEPS[name]
+    for key, expected in across.items():
+        if key != "below":
+            assert sorted({_get(cfg, key) for cfg in configs}) == expected, (name, key)
+    if "below" in across:
+        assert all(0.8 ** cfg.imp.levels < across["below"] for cfg in configs)
 
 
-def test_vgg19_lr_sensitivity_has_the_three_settings_of_section_4():
-    spec = _load("lr_sensitivity_vgg19.yaml")
-    assert len(spec.cases) == 3
-    configs = _configs(spec)
-    assert [(c.train.lr, _iterations(c, c.train.warmup)) for c in configs] == [
-        (0.1, 0), (0.01, 0), (0.1, 10_000)]
-    for cfg in configs:
-        assert (cfg.model.arch, cfg.data.dataset) == ("vgg19", "cifar10")
-        assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.batch_size) == ("sgd", 0.9, 64)
-        assert cfg.train.weight_decay == 1e-4 and cfg.train.gamma == 0.1
-        assert _iterations(cfg, cfg.train.length) == 112_480  # 160 epochs of 45K images
-        assert [_iterations(cfg, m) for m in cfg.train.milestones] == [56_240, 84_360]  # epochs 80, 120
-        assert (cfg.prune.scope, cfg.prune.rate_for("conv"), cfg.prune.exclude) == ("global", 0.2, ("fc",))
-        assert cfg.imp.rewind_iter == "0it" and "reinit" in cfg.imp.controls
-        assert 0.8 ** cfg.imp.levels < 0.015  # reaches past the warm-up case's 1.5%
-
-
-def test_resnet20_lr_sensitivity_has_the_three_settings_of_section_4():
-    spec = _load("lr_sensitivity_resnet20.yaml")
-    assert len(spec.cases) == 3
-    configs = _configs(spec)
-    assert [(c.train.lr, _iterations(c, c.train.warmup)) for c in configs] == [
-        (0.1, 0), (0.01, 0), (0.03, 20_000)]
-    for cfg in configs:
-        assert (cfg.model.arch, cfg.data.dataset) == ("resnet20", "cifar10")
-        assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.batch_size) == ("sgd", 0.9, 128)
-        assert cfg.train.weight_decay == 1e-4
-        assert _iterations(cfg, cfg.train.length) == 30_000
-        assert [_iterations(cfg, m) for m in cfg.train.milestones] == [20_000, 25_000]
-        assert (cfg.prune.scope, cfg.prune.rate_for("conv")) == ("global", 0.2)
-        assert set(cfg.prune.exclude) == {"fc", "*shortcut*"}
-        assert cfg.imp.rewind_iter == "0it" and "reinit" in cfg.imp.controls
-        assert 0.8 ** cfg.imp.levels < 0.118  # reaches past the warm-up case's 11.8%
+def test_shared_dense_runs_keep_every_rewind_point():
+    for name in ("rewind_sweep.yaml", "stability_lenet.yaml", "stability_resnet20.yaml"):
+        spec = _load(name)
+        shared = spec.rewind_points()
+        assert len(shared) == 3 and total_iterations(spec, spec.grid())[1] == 3  # one dense run per seed
+        points = sorted({_iterations(c, c.imp.rewind_iter) for c in _configs(spec)})
+        assert all(sorted(int(p[:-2]) for p in kept) == points for kept in shared.values())
 
 
 def test_the_small_lr_study_is_an_offline_cpu_analogue_of_section_4_and_says_so():
@@ -121,27 +157,6 @@ def test_the_small_lr_study_is_an_offline_cpu_analogue_of_section_4_and_says_so(
     assert (dense + trainings) * 4.0 / 2 < 25 * 60
 
 
-def test_rewind_sweep_rewinds_resnet20_to_the_lmc_points_and_shares_dense_runs():
-    spec = _load("rewind_sweep.yaml")
-    configs = _configs(spec)
-    points = [0, 100, 500, 1000, 2000, 5000]
-    assert sorted({_iterations(c, c.imp.rewind_iter) for c in configs}) == points
-    assert sorted({c.seed for c in configs}) == [0, 1, 2] and len(configs) == 18
-    for cfg in configs:
-        assert (cfg.model.arch, cfg.data.dataset) == ("resnet20", "cifar10")
-        assert (cfg.train.optimizer, cfg.train.lr, cfg.train.momentum) == ("sgd", 0.1, 0.9)
-        assert (cfg.train.batch_size, cfg.train.weight_decay, _iterations(cfg, cfg.train.warmup)) == (128, 1e-4, 0)
-        end = _iterations(cfg, cfg.train.length)
-        assert 62_000 <= end <= 63_000  # the LMC paper's 160 epochs (~63K it)
-        assert [_iterations(cfg, m) for m in cfg.train.milestones] == [end // 2, end * 3 // 4]  # epochs 80, 120
-        assert (cfg.prune.scope, cfg.prune.rate_for("conv")) == ("global", 0.2)
-    # one dense run per seed, keeping every rewind point
-    shared = spec.rewind_points()
-    assert len(shared) == 3
-    assert all(sorted(int(p[:-2]) for p in kept) == points for kept in shared.values())
-    assert total_iterations(spec, spec.grid())[1] == 3
-
-
 def test_optuna_search_samples_lr_warmup_and_rate():
     spec = _load("optuna_search.yaml")
     assert spec.search.algorithm == "optuna" and spec.search.num_samples > 1
@@ -157,42 +172,6 @@ def test_optuna_search_samples_lr_warmup_and_rate():
     lo_lr, hi_lr = space["train.lr"].values
     assert lo_lr < spec.base.train.lr < hi_lr  # the paper's rate is inside the range
     assert spec.base.model.arch == "lenet_300_100" and spec.base.train.optimizer == "adam"
-
-
-def _stability_common(spec: SweepSpec) -> list[Config]:
-    assert spec.kind == "stability"
-    configs = _configs(spec)
-    assert sorted({c.seed for c in configs}) == [0, 1, 2]
-    for cfg in configs:
-        st = cfg.stability
-        assert (st.alpha_points, st.threshold, st.barrier, st.replicates) == (30, 0.02, "endpoints_mean", 3)
-        assert set(st.splits) == {"train", "test"}
-    assert total_iterations(spec, spec.grid())[1] == 3  # one dense run per seed, keeping every k
-    return configs
-
-
-def test_stability_lenet_is_the_lmc_papers_lenet_setting():
-    configs = _stability_common(_load("stability_lenet.yaml"))
-    assert sorted({_iterations(c, c.imp.rewind_iter) for c in configs})[0] == 0  # k from 0
-    assert {c.stability.level for c in configs} == {0, 15}
-    for cfg in configs:
-        assert (cfg.model.arch, cfg.data.dataset) == ("lenet_300_100", "mnist")
-        assert (cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size) == ("adam", 1.2e-3, 60)
-        assert _iterations(cfg, cfg.train.length) == 24_000
-        assert 0.034 < 0.8 ** max(c.stability.level for c in configs) < 0.036  # the paper's 3.5%
-
-
-def test_stability_resnet20_is_the_lmc_papers_resnet20_setting():
-    configs = _stability_common(_load("stability_resnet20.yaml"))
-    assert sorted({_iterations(c, c.imp.rewind_iter) for c in configs}) == [0, 100, 500, 2000, 5000]
-    assert {c.stability.level for c in configs} == {0, 8}  # dense; 0.8^8 = 16.8%, the paper's sparsity
-    for cfg in configs:
-        assert (cfg.model.arch, cfg.data.dataset) == ("resnet20", "cifar10")
-        assert (cfg.train.optimizer, cfg.train.lr, cfg.train.momentum) == ("sgd", 0.1, 0.9)
-        assert (cfg.train.batch_size, cfg.train.weight_decay, cfg.train.gamma) == (128, 1e-4, 0.1)
-        assert _iterations(cfg, cfg.train.length) == 160 * 390  # 160 epochs of the paper's 50K images
-        assert [_iterations(cfg, m) for m in cfg.train.milestones] == [80 * 390, 120 * 390]
-        assert (cfg.prune.scope, cfg.prune.rate_for("conv")) == ("global", 0.2)
 
 
 def test_the_lr_guide_quotes_the_paper_and_the_shipped_files_iterations():

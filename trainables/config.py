@@ -1,11 +1,9 @@
 """Typed, frozen configuration of one run, the schema builder that validates it, and content hashes.
 
-A leaf, importing nothing else of the project: validating a config never loads torch. Registry names
-(architectures, datasets, ...) are checked by `trainables.catalog`, which also reads files and presets.
-Defaults are the LTH paper's LeNet-300-100 setting (Frankle & Carbin 2019, Fig. 2). A run is named by
-the hash of its non-default fields, so a new field with a default never renames existing runs
-(`tests/test_config.py` pins the hashes). `build` validates any of these dataclasses (the sweep file's
-sections too): unknown keys with a did-you-mean, types, ranges, then the dataclass's `problems()`.
+A leaf (it imports nothing of the project), so validating a config never loads torch; registry names are
+checked by `trainables.catalog`. Defaults are the LTH paper's LeNet-300-100 setting (Frankle & Carbin 2019,
+Fig. 2). A run is named by the hash of its non-default fields: a new field with a default renames no run
+(`tests/test_config.py` pins the hashes). `build` validates any dataclass here or in a sweep file.
 """
 
 from __future__ import annotations
@@ -20,9 +18,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
-# ---------------------------------------------------------------------------------------------
-# durations and names
-
 _DURATION = re.compile(r"^(\d+)(it|ep)$")
 
 
@@ -32,9 +27,8 @@ def duration(default: str | tuple[str, ...]) -> Any:
 
 
 def parse_duration(value: str) -> tuple[int, str]:
-    """'30000it' -> (30000, 'it'); '160ep' -> (160, 'ep'). Values are validated when a config is built."""
-    count, unit = _DURATION.match(value).groups()
-    return int(count), unit
+    """'30000it' -> (30000, 'it'); '160ep' -> (160, 'ep') (validated when the config was built)."""
+    return int(_DURATION.match(value).group(1)), _DURATION.match(value).group(2)
 
 
 def to_iterations(value: str, steps_per_epoch: int) -> int:
@@ -111,9 +105,9 @@ class DataConfig:
     test_size: int = ranged(500, ">=1")
 
     def problems(self) -> list[tuple[str, str]]:
-        out = [(name, f"applies to dataset 'synthetic' only, not {self.dataset!r}; remove it")
-               for name in ("shape", "num_classes", "train_size", "test_size")
-               if self.dataset != "synthetic" and getattr(self, name) != _DEFAULTS[DataConfig][name]]
+        out = [(f.name, f"applies to dataset 'synthetic' only, not {self.dataset!r}; remove it")
+               for f in dataclasses.fields(self) if f.name in ("shape", "num_classes", "train_size", "test_size")
+               and self.dataset != "synthetic" and getattr(self, f.name) != f.default]
         if len(self.shape) != 3 or min(self.shape) < 1:
             out.append(("shape", f"must be [channels, height, width], got {list(self.shape)}"))
         return out
@@ -246,24 +240,12 @@ class Config:
         return from_dict(raw, source)
 
 
-def _defaults(cls: type) -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(cls)}
-
-
-_DEFAULTS = {cls: _defaults(cls) for cls in
-             (ModelConfig, DataConfig, TrainConfig, PruneConfig, ImpConfig, StabilityConfig, RuntimeConfig,
-              Config)}
-
-
 # ---------------------------------------------------------------------------------------------
 # the schema builder
 
 
 class _Problem(Exception):
     pass
-
-
-_TYPE_NAMES = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
 
 
 def _coerce(value: Any, tp: Any, is_duration: bool) -> Any:
@@ -291,7 +273,8 @@ def _coerce(value: Any, tp: Any, is_duration: bool) -> Any:
         return float(value)  # YAML 1.1 reads `1e-3` (no dot) as a string
     if isinstance(value, tp if tp is not float else (int, float)) and not (tp is not bool and isinstance(value, bool)):
         return tp(value)
-    raise _Problem(f"expected {_TYPE_NAMES.get(tp, tp)}, got {value!r}")
+    names = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
+    raise _Problem(f"expected {names.get(tp, tp)}, got {value!r}")
 
 
 Check = Callable[[Any], list[tuple[str, str]]]  # a built section -> (key, problem) pairs
@@ -348,10 +331,6 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError("overrides", [f"{key}: {part!r} is not a section"])
     node[parts[-1]] = value
-
-
-# ---------------------------------------------------------------------------------------------
-# dict <-> dataclass
 
 
 def _plain(value: Any) -> Any:

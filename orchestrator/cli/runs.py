@@ -94,6 +94,7 @@ def stability(args: argparse.Namespace) -> int:
     for split in st.splits:
         values = [r["instability"] for r in table if r["split"] == split]
         mean = sum(values) / len(values)
-        print(f"{split}: instability {mean:.2%} (mean of {len(values)}), {'stable' if mean < st.threshold else 'unstable'}")
+        verdict = "stable" if mean < st.threshold else "unstable"
+        print(f"{split}: instability {mean:.2%} (mean of {len(values)}), {verdict}")
     print(f"done: {run.layout.summary}, {run.layout.path}")
     return 0

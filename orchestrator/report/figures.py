@@ -14,7 +14,6 @@ a figure shows as well as the drawing. The figures follow the papers:
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
