@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test bench
+.PHONY: quickstart test test-fast bench results report ui
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,6 +16,19 @@ quickstart: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow"
+
+# The quickstart sweep's follow-ups, without activating the venv.
+results: $(VENV)/.installed
+	$(VENV)/bin/lth results runs/sweeps/quickstart
+
+report: $(VENV)/.installed
+	$(VENV)/bin/lth report runs/sweeps/quickstart
+
+ui: $(VENV)/.installed
+	$(VENV)/bin/lth ui runs/sweeps/quickstart
 
 bench: $(VENV)/.installed
 	$(PY) bench/speed.py

@@ -7,7 +7,11 @@ import collections
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
+import urllib.request
+from pathlib import Path
 
 import pytest
 import ray
@@ -19,6 +23,7 @@ from trainables.config import config_hash, dense_hash
 from trainables.imp import ImpRun
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -31,6 +36,33 @@ def fresh_log(log):
 def direct(cfg, out):
     """The same IMP run without Tune, in a worker like a trial's (one CPU, so the same float results)."""
     return ImpRun(cfg, out).run().to_pandas().sort_values(["level", "variant"])[COLUMNS].reset_index(drop=True)
+
+
+def readme_next_steps(checkout: Path, sweep: Path) -> None:
+    """README's commands after `make quickstart`, exactly as written, in a folder laid out like a checkout
+    after it: the venv `make` built, and the quickstart's sweep folder."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- quickstart-next")[1].split("```bash\n")[1].split("```")[0]
+    activate, *views, ui = [line for line in block.splitlines() if line.strip()]
+    (checkout / "runs" / "sweeps").mkdir(parents=True)
+    (checkout / ".venv").symlink_to(Path(sys.prefix))
+    (checkout / "runs" / "sweeps" / "quickstart").symlink_to(sweep)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "MLFLOW_TRACKING_URI")}
+    env["PATH"] = "/usr/bin:/bin"  # no `lth` until the venv is activated
+    shown = subprocess.run(["bash", "-c", "\n".join(["set -e", activate, *views])], cwd=checkout, env=env,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "lr=0.0012" in shown.stdout and "rows from runs/sweeps/quickstart/results.parquet" in shown.stdout
+    assert "report.html" in shown.stdout
+    server = subprocess.Popen(["bash", "-c", f"{activate}\nexec {ui}"], cwd=checkout, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        lines = iter(server.stdout.readline, "")
+        link = next(line for line in lines if line.strip().startswith("http")).strip()
+        assert "/#/experiments/" in link and urllib.request.urlopen(link.split("/#")[0], timeout=10).status == 200
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
 
 
 def test_grid_sweep_shares_dense_runs_and_matches_direct_runs(tmp_path, fresh_log, capsys):
@@ -73,6 +105,7 @@ def test_grid_sweep_shares_dense_runs_and_matches_direct_runs(tmp_path, fresh_lo
     matching = (tmp_path / "store" / "tiny" / "report" / "matching.csv").read_text().splitlines()
     assert len(matching) == 1 + 8  # a row per setting: 2 lrs x 2 rewind points x 2 rates
     assert "logged under report/ in the sweep's run" in out
+    readme_next_steps(tmp_path / "checkout", tmp_path / "store" / "tiny")
     # A second sweep on the same storage reuses the dense runs, and a new rewind point is recreated.
     again = sweep_spec(tmp_path / "store", name="again", space={"train.lr": [1.2e-3], "imp.rewind_iter": ["60it"]})
     fresh_log.unlink()
