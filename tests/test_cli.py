@@ -26,6 +26,7 @@ def test_registries_are_listable(capsys):
     assert MODELS.names()[0] == "lenet_300_100" and len(MODELS.names()) == 9
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path, capsys):
     assert main(["imp", "--preset", "quickstart", "--set", "train.lr=fast", "--set", "model.arch=resnet18",
                  "--out", str(tmp_path / "run")]) == 2
@@ -73,6 +74,7 @@ def test_quickstart_end_to_end(tmp_path):
     assert len(pq.read_table(out / "results.parquet")) == len(table)
 
 
+@pytest.mark.slow
 def test_lth_stability_runs_one_analysis_and_resumes_it(tmp_path, capsys):
     args = ["stability", "--set", "data.dataset=synthetic", "--set", "data.shape=[1,8,8]", "--set", "data.num_classes=4",
             "--set", "data.train_size=300", "--set", "data.test_size=100", "--set", "train.length=40it",

@@ -37,6 +37,7 @@ def test_registry_names_every_dataset():
     assert all(entry.description for entry in DATASETS)
 
 
+@pytest.mark.slow
 def test_mnist5k_shapes_split_and_stratification():
     data = load_dataset(MNIST5K)
     assert load_dataset(MNIST5K) is data  # memoised
@@ -54,6 +55,7 @@ def test_mnist5k_shapes_split_and_stratification():
         assert torch.equal(getattr(data, split), getattr(again, split))
 
 
+@pytest.mark.slow
 def test_validation_split_is_disjoint_and_fixed():
     data = load_dataset(MNIST5K)
     train, val, test = rows(data.x_train), rows(data.x_val), rows(data.x_test)
@@ -90,6 +92,7 @@ def test_synthetic_is_learnable_but_not_trivial():
     assert 0.4 < accuracy < 0.9  # chance is 0.1
 
 
+@pytest.mark.slow
 def test_normalisation_gives_zero_mean_unit_std():
     data = load_dataset(MNIST5K)
     x = torch.cat([x for x, _ in data.eval_batches("train", 1000)])

@@ -137,6 +137,7 @@ def test_controls_start_where_they_should(tmp_path):
     assert torch.equal(again, reinit.model.state_dict()["fc1.weight"])  # seeded per level
 
 
+@pytest.mark.slow
 def test_same_config_same_masks_and_metrics(tmp_path):
     cfg = config()
     ImpRun(cfg, tmp_path / "a").run()
@@ -150,6 +151,7 @@ def test_same_config_same_masks_and_metrics(tmp_path):
     assert not metrics(tmp_path / "c").equals(metrics(tmp_path / "a"))  # SGD noise is its own seed
 
 
+@pytest.mark.slow
 def test_resume_after_an_interrupted_level_matches_an_uninterrupted_run(tmp_path):
     cfg = config()
     ImpRun(cfg, tmp_path / "whole").run()
@@ -167,6 +169,7 @@ def test_resume_after_an_interrupted_level_matches_an_uninterrupted_run(tmp_path
     assert finished.trainings == 0
 
 
+@pytest.mark.slow
 def test_runs_differing_after_dense_training_share_one_dense_run(tmp_path):
     # Rewind point, pruning rate and controls differ; model, data, training and seed agree.
     configs = [config(**{"imp.rewind_iter": k, "prune.rate": r, "imp.levels": 1})

@@ -185,6 +185,7 @@ def test_error_along_the_path_has_a_line_per_k():
     assert render.draw(figure).axes[0].get_xscale() == "linear"
 
 
+@pytest.mark.slow
 def test_the_html_page_embeds_every_figure_and_table(tmp_path):
     summary, path = stability_tables()
     built = report.build({RESULTS: imp_table(), STABILITY_SUMMARY: summary, STABILITY_PATH: path},
@@ -213,6 +214,7 @@ def write_sweep_folder(directory, tracking_uri=None):
             {"sweep_id": "abc123", "tracking_uri": tracking_uri, "experiment": "study"}))
 
 
+@pytest.mark.slow
 def test_lth_report_skips_what_it_has_no_data_for_and_logs_to_the_sweep_run(tmp_path, capsys):
     folder = tmp_path / "study"
     folder.mkdir()

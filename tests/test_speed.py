@@ -49,6 +49,7 @@ def test_bf16_keeps_batchnorm_and_the_loss_in_fp32():
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["lenet_300_100", "conv2"])
 def test_bf16_results_within_tolerance_of_fp32_and_recorded(tmp_path, arch):
     fp32 = run(config(arch), tmp_path / "fp32")
@@ -61,6 +62,7 @@ def test_bf16_results_within_tolerance_of_fp32_and_recorded(tmp_path, arch):
     assert_pruned_weights_zero(tmp_path / "bf16", 2)
 
 
+@pytest.mark.slow
 def test_channels_last_gives_the_same_run_and_is_recorded(tmp_path):
     plain = run(config("conv2"), tmp_path / "plain")
     cfg = config("conv2", **{"runtime.channels_last": True})
@@ -109,12 +111,14 @@ def test_gpu_fraction_packs_as_many_trials_as_fit():
     assert gpu_fraction(20 * gib, 24 * gib) == 1.0  # VGG-19-sized: a card each
 
 
+@pytest.mark.slow
 def test_pack_auto_without_a_gpu_leaves_resources_alone(log, capsys):
     spec = sweep_spec(log.parent, resources={"cpu": 1})
     assert pack(spec, local=True) is spec
     assert "has no GPU" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_peak_memory_probe_on_cuda_and_the_suggested_fraction(log):

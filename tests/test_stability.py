@@ -257,6 +257,7 @@ def test_recompute_bn_is_the_average_of_batch_statistics():
         assert m.momentum == 0.1 and m.num_batches_tracked == 4
 
 
+@pytest.mark.slow
 def test_bn_recompute_changes_the_path_not_the_copies(tmp_path):
     cfg = bn_config(**{"stability.alpha_points": 3})
     dense, k, start = dense_start(cfg, tmp_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import ast
 import json
 import subprocess
@@ -63,6 +65,7 @@ print("results", heavy())
 """
 
 
+@pytest.mark.slow
 def test_checking_a_config_a_dry_run_and_results_load_neither_torch_nor_ray(tmp_path):
     from tests.test_sweep_folder import sweep_table
 

@@ -99,6 +99,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_writer_killed_mid_write_leaves_every_committed_row_readable(tmp_path):
     """SIGKILL at several moments while the table is being rewritten; each rewrite takes longer as
     it grows, so most kills land mid-write (and leave the writer's temporary file behind)."""
@@ -136,6 +137,7 @@ READER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_the_table_reads_with_pandas_duckdb_and_polars_alone(tmp_path):
     sweep_table(tmp_path)
     out = subprocess.run([sys.executable, "-I", "-c", READER, str(tmp_path / RESULTS)],

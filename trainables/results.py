@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 # The variants of a level: the dense network (level 0), the ticket, and each control by its registry name.
 DENSE, TICKET = "dense", "ticket"
+TWINS = "twins"  # a stability analysis's pair of copies, trained together
 
 
 def as_ticket(variant: str) -> str:

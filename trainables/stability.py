@@ -37,7 +37,7 @@ from trainables.data import Dataset
 from trainables.imp import DenseRun, ImpRun, Reporter, Run, Start, _claim, derive_seed
 from trainables.layout import AnalysisLayout
 from trainables.masks import Mask
-from trainables.results import STABILITY_PATH_SCHEMA, STABILITY_SUMMARY_SCHEMA, append_rows, read_table, \
+from trainables.results import STABILITY_PATH_SCHEMA, STABILITY_SUMMARY_SCHEMA, TWINS, append_rows, read_table, \
     write_atomic
 from trainables.train import autocast, evaluate, optimizer_for, run_steps
 
@@ -256,7 +256,7 @@ class StabilityRun(Run):
         seeds = (derive_seed(cfg.data_seed, "stability", replicate, 1),
                  derive_seed(cfg.data_seed, "stability", replicate, 2))
         remaining = start.mask.weights_remaining()
-        self.reporter.training(st.level, "twins", self.rewind_iter, self.end_iter, remaining)
+        self.reporter.training(st.level, TWINS, self.rewind_iter, self.end_iter, remaining)
         self.trainings += 1
         pair = analyse(start, self.data, cfg, self.rewind_iter, seeds)
         now = datetime.now(timezone.utc)

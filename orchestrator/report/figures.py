@@ -35,7 +35,7 @@ class Series:
     y: tuple[float, ...]
     err: tuple[float, ...] | None = None  # std over seeds (or pairs); None where there is one sample
     color: int = 0  # a setting's ticket and controls share a colour
-    variant: str = "ticket"
+    variant: str = TICKET
 
 
 @dataclass(frozen=True)

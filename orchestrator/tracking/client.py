@@ -106,7 +106,9 @@ def open_sweep(uri: str, experiment: str, sweep: str, sweep_id: str, sweep_text:
         run = mlflow_client.create_run(exp, run_name=sweep, tags={
             "lth.kind": "sweep", "lth.sweep": sweep, "lth.sweep_id": sweep_id, "lth.version": version()})
         log_batch(mlflow_client, run.info.run_id, params=params)
-        mlflow_client.log_text(run.info.run_id, sweep_text, "sweep.yaml")
+        from orchestrator.sweep_folder import SWEEP_YAML
+
+        mlflow_client.log_text(run.info.run_id, sweep_text, SWEEP_YAML)
     mlflow_client.update_run(run.info.run_id, status="RUNNING")
     return Target(uri, exp, run.info.run_id, sweep, sweep_id)
 

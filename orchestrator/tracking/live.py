@@ -36,7 +36,7 @@ class TrialLog:
             add_masks(self.record, masks)
         self._wake.put(None)
 
-    def tag(self, key: str, value: str, masks: Mapping[int, Mapping[str, Any]] = {}) -> None:
+    def tag(self, key: str, value: str, masks: Mapping[int, Mapping[str, Any]]) -> None:
         """A tag for the trial's run (set when it is created) and masks it did not compute itself."""
         with self._lock:
             self.record.tags[key] = value
