@@ -51,7 +51,8 @@ class Search:
 
     algorithm: Literal["grid", "optuna"] = "grid"
     num_samples: int = ranged(1, ">=1")  # grid: repeats of each combination (and its samples); optuna: trials
-    metric: str = "ticket_accuracy"  # optuna's objective, read at the level given below
+    metric: str = "ticket_val_accuracy"  # optuna's objective, read at the level given below; validation only
+    allow_test_metric: bool = False  # select on a test-split metric knowingly (the test set is for reporting)
     mode: Literal["max", "min"] = "max"
     at_weights_remaining: float | None = ranged(None, "(0,1]", "(a fraction)")  # None: the last level; else the nearest
     seed: int = 0  # the optuna sampler's seed: the same file proposes the same trials
@@ -233,10 +234,8 @@ def parse_sweep(raw: Any, source: str, text: str = "", folder: Path = Path("."))
     space = parse_space(top.space or {}, base, problems)
     cases = parse_cases(top.cases, {k for k, _ in space}, base, problems)
     flow = KINDS.get(top.kind) if top.kind in KINDS else None
-    if flow is not None and (top.search.algorithm == "optuna" or "metric" in (raw.get("search") or {})) and (
-            top.search.metric not in (metrics := flow.metrics())):
-        problems.append(f"search.metric: unknown metric {top.search.metric!r}{did_you_mean(top.search.metric, metrics)}"
-                        f"; {top.kind} trials report {', '.join(metrics)}")
+    if flow is not None and (top.search.algorithm == "optuna" or "metric" in (raw.get("search") or {})):
+        problems += _metric_problems(flow, top.kind, top.search)
     if top.search.algorithm == "optuna" and not space and not cases:
         problems.append("search.algorithm: optuna needs a space to search; add keys under `space`")
     if problems:
@@ -250,6 +249,23 @@ def parse_sweep(raw: Any, source: str, text: str = "", folder: Path = Path("."))
     if problems:
         raise ConfigError(source, problems)
     return spec
+
+
+def _metric_problems(flow: Workflow, kind: str, search: Search) -> list[str]:
+    """An objective must be a metric the kind's trials report, and computed on data that may select."""
+    metric, metrics = search.metric, flow.metrics()
+    if metric in flow.renamed():
+        new = flow.renamed()[metric]
+        return [f"search.metric: {metric!r} is no longer reported: metric names say their split now: {new} (the test "
+                f"split, which reports) or {flow.validation_twin(new)} (the validation split: select on this)"]
+    if metric not in metrics:
+        return [f"search.metric: unknown metric {metric!r}{did_you_mean(metric, metrics)}; {kind} trials report "
+                f"{', '.join(metrics)}"]
+    if flow.split_of(metric) == "test" and not search.allow_test_metric:
+        return [f"search.metric: {metric} is computed on the test split, which reports results and must not choose "
+                f"them; select on {flow.validation_twin(metric)} (the validation split), or set "
+                "search.allow_test_metric: true to select on test data knowingly"]
+    return []
 
 
 def _base(raw: Any, folder: Path, problems: list[str]) -> Config | None:

@@ -28,7 +28,7 @@ import yaml
 from orchestrator import fs
 from orchestrator.tracking.client import resolve_uri
 from orchestrator.workflows import Workflow, table_schemas
-from trainables.config import ConfigError, to_dict
+from trainables.config import ConfigError, as_made, to_dict
 from trainables.layout import MANIFEST
 
 if TYPE_CHECKING:
@@ -220,7 +220,8 @@ def save_spec(spec: SweepSpec) -> None:
 
 
 def load_spec(directory: str) -> SweepSpec:
-    """The sweep stored in a sweep folder, with its storage and name as found."""
+    """The sweep stored in a sweep folder, with its storage and name as found; a protocol key its resolved base
+    config lacks takes the value the sweep was made under (`trainables.config.PROTOCOL_CHANGES`)."""
     from orchestrator.spec import parse_sweep
 
     data = fs.read_bytes(directory, SWEEP_YAML)
@@ -228,7 +229,10 @@ def load_spec(directory: str) -> SweepSpec:
         raise ConfigError(directory, [f"no {SWEEP_YAML} here: not a sweep folder made by `lth sweep run` "
                                       "(it is <storage>/<sweep name>)"])
     text = data.decode()
-    spec = parse_sweep(yaml.safe_load(text), f"{fs.filesystem(directory)[1]}/{SWEEP_YAML}", text)
+    raw = yaml.safe_load(text)
+    if isinstance(raw, dict) and isinstance(raw.get("base"), dict):  # resolved: a key it lacks did not exist then
+        raw["base"] = as_made(raw["base"])[0]
+    spec = parse_sweep(raw, f"{fs.filesystem(directory)[1]}/{SWEEP_YAML}", text)
     return dataclasses.replace(spec, storage=fs.parent(directory), name=fs.filesystem(directory)[1].rsplit("/")[-1])
 
 

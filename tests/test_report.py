@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 from datetime import datetime, timezone
@@ -247,3 +248,26 @@ def test_lth_report_names_the_problem(tmp_path, capsys):
     assert "unknown winner" in capsys.readouterr().err
     assert main(["report", str(folder), "--out", str(tmp_path / "out")]) == 0
     assert "is not tracked" in capsys.readouterr().out and (tmp_path / "out" / "report.html").exists()
+
+
+def test_the_lmc_and_lth_matching_rules_on_a_three_seed_table():
+    # Early-stop accuracy and iteration per level (mean over seeds 0, 1, 2, std 0.01 and 10 iterations).
+    levels = {0: (0.90, 1000), 1: (0.905, 800), 2: (0.895, 700), 3: (0.92, 1200), 4: (0.91, 900)}
+    rows = [{"sweep": "s", "sweep_id": "x", "trial_id": f"t{seed}", "overrides": json.dumps({"seed": seed}),
+             "seed": seed, "level": level, "variant": "dense" if level == 0 else "ticket",
+             "weights_remaining": 0.8 ** level, "test_accuracy": acc, "early_stop_accuracy": acc + OFFSET[seed],
+             "early_stop_iter": it + 10 * (seed - 1), "finished_at": WHEN}
+            for level, (acc, it) in levels.items() for seed in SEEDS]
+    table = pa.Table.from_pylist(rows, schema=sweep_folder.sweep_schema(RESULTS))
+    accuracy, speed = analysis.summary(table, "early_stop_accuracy"), analysis.summary(table, "early_stop_iter")
+    lmc = figures.matching_table(accuracy, report.Options(variants=("ticket",), accuracy="early_stop_accuracy"))
+    lth = figures.matching_table(accuracy, report.Options(variants=("ticket",), rule="lth"), speed)
+    # Within one std (0.89 and up): every level, level 2's 0.895 too and level 3 although it is slower.
+    assert lmc.rows[0][2:4] == ("1.00%", "41.0% (level 4), the last level") and lmc.title == "Matching subnetworks"
+    # No lower accuracy in no more iterations: level 2 is less accurate, level 3 slower.
+    assert lth.rows[0][2:4] == ("0.00%", "41.0% (level 4), the last level; not at 64.0%, 51.2%")
+    assert lth.title == "Winning tickets" and "Frankle & Carbin 2019" in lth.rule and "Frankle et al. 2020" in lmc.rule
+    page = render.html_page(report.Report("t", "", tables=[lth]), {}, ["s"])
+    assert f"<p class='rule'>{html.escape(lth.rule)}</p>" in page
+    with pytest.raises(report.ReportError, match="--rule 'lmcc'"):
+        analysis.matching([], accuracy[1], ["ticket"], "1std", "lmcc")

@@ -26,7 +26,7 @@ def test_warmup_longer_than_a_milestone_multiplies_both():
 
 
 def test_early_stop_is_the_first_minimum_of_the_validation_loss():
-    history = [{"iteration": i, "val_loss": loss, "test_accuracy": acc, "test_loss": 1.0}
+    history = [{"iteration": i, "val_loss": loss, "test_accuracy": acc, "test_loss": 1.0, "val_accuracy": acc}
                for i, (loss, acc) in enumerate([(0.9, 0.5), (0.4, 0.7), (0.6, 0.8), (0.4, 0.9), (0.5, 0.95)])]
     summary = summarize(history)
     assert (summary["early_stop_iter"], summary["early_stop_accuracy"]) == (1, 0.7)  # tie at 0.4: the earlier

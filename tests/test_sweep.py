@@ -116,7 +116,7 @@ def test_grid_sweep_shares_dense_runs_and_matches_direct_runs(tmp_path, fresh_lo
 def test_optuna_search_reports_its_objective(tmp_path, fresh_log):
     spec = sweep_spec(tmp_path / "store", name="optuna",
                       space={"train.lr": {"loguniform": [1e-4, 1e-2]}, "prune.rate": [0.2, 0.5]},
-                      search={"algorithm": "optuna", "num_samples": 3, "metric": "ticket_accuracy",
+                      search={"algorithm": "optuna", "num_samples": 3, "metric": "ticket_val_accuracy",
                               "at_weights_remaining": 0.5})
     results = tuner.run(spec)
     assert results.num_terminated == 3

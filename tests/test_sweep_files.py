@@ -161,7 +161,7 @@ def test_optuna_search_samples_lr_warmup_and_rate():
     spec = _load("optuna_search.yaml")
     assert spec.search.algorithm == "optuna" and spec.search.num_samples > 1
     assert spec.grid() is None
-    assert (spec.search.metric, spec.search.mode) == ("ticket_accuracy", "max")
+    assert (spec.search.metric, spec.search.mode) == ("ticket_val_accuracy", "max")  # validation selects
     target = spec.search.at_weights_remaining
     assert target is not None and 0 < target < 1
     space = dict(spec.space)

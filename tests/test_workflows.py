@@ -30,7 +30,7 @@ NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 def level_rows(accuracies: dict[int, dict[str, float]]) -> list[dict]:
     """IMP rows: level -> variant -> test accuracy; 20% pruned per level."""
     return [{"level": level, "variant": variant, "weights_remaining": 0.8 ** level, "test_accuracy": acc,
-             "test_loss": 1 - acc, "val_loss": 2 - acc, "early_stop_iter": 100 * level, "early_stop_accuracy": acc,
+             "test_loss": 1 - acc, "val_accuracy": acc, "val_loss": 2 - acc, "early_stop_iter": 100 * level, "early_stop_accuracy": acc,
              "early_stop_val_loss": 2 - acc, "train_seconds": 1.0, "finished_at": NOW}
             for level, variants in accuracies.items() for variant, acc in variants.items()]
 
@@ -42,15 +42,16 @@ ROWS = level_rows({0: {"dense": 0.90}, 1: {"ticket": 0.92, "reinit": 0.89}, 2: {
 def test_imp_trial_metrics_and_the_optuna_objective_at_a_sparsity():
     imp = workflow("imp")
     grid = imp.trial_metrics({RESULTS: ROWS}, None, Search())
-    assert grid["level"] == 3 and grid["ticket_accuracy"] == 0.88 and grid["reinit_accuracy"] == 0.80
-    assert grid["dense_accuracy"] == 0.90 and grid["weights_remaining"] == pytest.approx(0.512)
+    assert grid["level"] == 3 and grid["ticket_test_accuracy"] == 0.88 and grid["reinit_test_accuracy"] == 0.80
+    assert grid["dense_test_accuracy"] == 0.90 and grid["weights_remaining"] == pytest.approx(0.512)
+    assert grid["ticket_val_accuracy"] == 0.88 and grid["dense_val_accuracy"] == 0.90
     assert "objective" not in grid
-    last = imp.trial_metrics({RESULTS: ROWS}, None, Search(algorithm="optuna", metric="ticket_accuracy"))
+    last = imp.trial_metrics({RESULTS: ROWS}, None, Search(algorithm="optuna", metric="ticket_val_accuracy"))
     assert last["objective"] == 0.88  # the last level
-    near = imp.trial_metrics({RESULTS: ROWS}, None, Search(algorithm="optuna", metric="ticket_accuracy",
+    near = imp.trial_metrics({RESULTS: ROWS}, None, Search(algorithm="optuna", metric="ticket_val_accuracy",
                                                           at_weights_remaining=0.65))
     assert near["objective"] == 0.91 and near["level"] == 3  # level 2 (64%) is nearest 65%; still reports level 3
-    at_dense = imp.trial_metrics({RESULTS: ROWS[:1]}, None, Search(algorithm="optuna", metric="ticket_accuracy"))
+    at_dense = imp.trial_metrics({RESULTS: ROWS[:1]}, None, Search(algorithm="optuna", metric="ticket_val_accuracy"))
     assert at_dense["objective"] == 0.90  # the dense network is level 0's ticket
     assert set(grid) - {"level"} <= set(imp.metrics())  # every name a trial reports can be the objective
     assert imp.progress_line(grid) == "level 3, 51.2% remaining, ticket 88.00%, reinit 80.00%"

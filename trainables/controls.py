@@ -15,12 +15,14 @@ from trainables.train import make_optimizer
 
 
 def reinit(run: ImpRun, level: int, mask: Mask) -> Start:
-    """Same mask, fresh random weights and optimiser, trained from the rewind iteration."""
+    """Same mask, fresh random weights, trained from the rewind iteration with a fresh optimiser under either
+    `imp.rewind_optimizer` (the dense run's momentum belongs to other weights)."""
     model = run.new_model(derive_seed(run.cfg.seed, "reinit", level))
     return Start(model, make_optimizer(model, run.cfg.train), mask)
 
 
 def random_mask(run: ImpRun, level: int, mask: Mask) -> Start:
-    """Random positions with the ticket's per-layer counts, the rewound weights and optimiser state."""
+    """Random positions with the ticket's per-layer counts, the rewound weights, and the optimiser the ticket
+    starts with (`imp.rewind_optimizer`)."""
     generator = torch.Generator().manual_seed(derive_seed(run.cfg.seed, "random_mask", level))
     return run.rewound(random_like(mask, generator))

@@ -25,8 +25,8 @@ import yaml
 from torch import nn
 
 from trainables.catalog import CONTROLS
-from trainables.config import DENSE_SECTIONS, Config, ConfigError, UserError, config_hash, dense_hash, from_dict, \
-    run_name, to_dict, to_iterations
+from trainables.config import (DENSE_SECTIONS, PROTOCOL_CHANGES, Config, ConfigError, UserError, as_made,
+                               config_hash, dense_hash, from_dict, run_name, to_dict, to_iterations)
 from trainables.data import Dataset, load_dataset
 from trainables.layout import DenseLayout, RunLayout
 from trainables.masks import Mask, prunable_layers
@@ -93,13 +93,22 @@ def _load(path: Path, kept: str) -> Any:
 
 
 def _claim(path: Path, cfg: Config, sections: Sequence[str], name: Callable[[Config], str]) -> None:
-    """Record `cfg`'s `sections` as the directory's config, refusing a directory that holds another run."""
+    """Record `cfg`'s `sections` as the directory's config, refusing a directory that holds another run, or
+    the same run made under a protocol whose default has changed since (`PROTOCOL_CHANGES`)."""
     if path.exists():
         try:
-            stored = from_dict(yaml.safe_load(path.read_text()), str(path))
-        except (ConfigError, yaml.YAMLError) as exc:
+            raw = yaml.safe_load(path.read_text())
+            made, missing = as_made(raw)
+            stored = from_dict(made, str(path))
+        except (ConfigError, yaml.YAMLError, AttributeError) as exc:
             raise ConfigError(str(path), [f"the run directory's config cannot be read ({exc}); "
                                           "use a fresh output directory"]) from None
+        if name(stored) != name(cfg) and missing and name(from_dict(raw)) == name(cfg):
+            then = " ".join(f"--set {key}={PROTOCOL_CHANGES[key]}" for key in missing)
+            raise ConfigError(str(path), [
+                f"{path.parent} was made before {' and '.join(missing)} existed, under {then.replace('--set ', '')}, "
+                "and is never continued under another protocol: resume it as it was made with "
+                f"`{then}`, or use a new folder"])
         if name(stored) != name(cfg):
             raise ConfigError(str(path), [
                 f"{path.parent} holds a different run ({name(stored)}, this config is {name(cfg)}); "
@@ -165,17 +174,25 @@ class Run:
                 "weight_decay": cfg.train.weight_decay, "batch_size": cfg.train.batch_size,
                 "warmup_iters": self.iterations(cfg.train.warmup), "rewind_iter": self.iterations(cfg.imp.rewind_iter),
                 "prune_strategy": cfg.prune.strategy, "prune_scope": cfg.prune.scope, "prune_rate": rates("linear"),
-                "prune_conv_rate": rates("conv"), "prune_output_rate": rates("output"), **self.speed()}
+                "prune_conv_rate": rates("conv"), "prune_output_rate": rates("output"),
+                "data_order": cfg.train.data_order, "rewind_optimizer": cfg.imp.rewind_optimizer, **self.speed()}
 
     def speed(self) -> dict[str, Any]:
         """How this run executes, as result-table columns (`results.SPEED_COLUMNS`)."""
         return {"precision": self.cfg.train.precision, "channels_last": self.cfg.runtime.channels_last,
                 "compiled": self.cfg.runtime.compile, "device": self.device.type}
 
+    def order_seed(self, level: int, variant: str) -> int:
+        """The seed of a training's data order and augmentation: the data seed's for the dense run (and for
+        every training under `train.data_order: replay`), else its own, drawn from (data seed, level, variant)."""
+        if self.cfg.train.data_order == "replay" or variant == DENSE:
+            return self.cfg.data_seed
+        return derive_seed(self.cfg.data_seed, "order", level, variant)
+
     def train(self, level: int, variant: str, start: Start, begin: int,
               extra: Sequence = ()) -> tuple[list[dict], list[dict]]:
         """One training run from `start` at iteration `begin`; returns its results row and evaluation history."""
-        cfg = self.cfg
+        cfg, order = self.cfg, self.order_seed(level, variant)
         remaining = start.mask.weights_remaining()
         self.reporter.training(level, variant, begin, self.end_iter, remaining)
         self.trainings += 1
@@ -183,11 +200,11 @@ class Run:
                               precision=cfg.train.precision,
                               on_record=lambda e: self.reporter.evaluated(level, variant, e, self.end_iter))
         started, tic = datetime.now(timezone.utc), time.perf_counter()
-        train(start.model, start.optimizer, self.data, cfg.train, data_seed=cfg.data_seed, start=begin,
+        train(start.model, start.optimizer, self.data, cfg.train, data_seed=order, start=begin,
               keep_mask=start.mask.applier(start.model), callbacks=[evaluator, *extra])
         curve = evaluator.history()  # reads results back: the run's one host sync
         seconds = time.perf_counter() - tic
-        row = {**self.columns(), "level": level, "variant": variant, "weights_remaining": remaining,
+        row = {**self.columns(), "order_seed": order, "level": level, "variant": variant, "weights_remaining": remaining,
                **summarize(curve), "start_iter": begin, "end_iter": self.end_iter, "train_seconds": seconds,
                "started_at": started, "finished_at": datetime.now(timezone.utc)}
         return [row], [{"level": level, "variant": variant, **h} for h in curve]
@@ -248,15 +265,16 @@ class DenseRun(Run):
             self._cached = (point, self.load(self.layout.rewind(point)))
         return self._cached[1]
 
-    def state_at(self, point: int, mask: Mask | None = None) -> Start:
-        """The dense network and its optimiser as they were at iteration `point`."""
+    def state_at(self, point: int, mask: Mask | None = None, restore_optimizer: bool = True) -> Start:
+        """The dense network as it was at iteration `point`, with the optimiser's state then, or a fresh one."""
         state = self.state(point)
         model = self.new_model(self.cfg.seed)
         model.load_state_dict(state["model"])
         optimizer = make_optimizer(model, self.cfg.train)
-        # load_state_dict keeps same-device tensors by reference: training would then update the
-        # cached state in place and every later rewind would start from the wrong momentum.
-        optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        if restore_optimizer:
+            # load_state_dict keeps same-device tensors by reference: training would then update the
+            # cached state in place and every later rewind would start from the wrong momentum.
+            optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         return Start(model, optimizer, mask or Mask({}))
 
 
@@ -294,8 +312,9 @@ class ImpRun(Run):
         return Mask.from_state(self._load(self.layout.mask(level)))
 
     def rewound(self, mask: Mask) -> Start:
-        """The dense run's weights and optimiser state at the rewind iteration, under `mask`."""
-        return self.dense.state_at(self.rewind_iter, mask)
+        """The dense run's weights at the rewind iteration under `mask`, with its optimiser state then
+        (`imp.rewind_optimizer: restore`) or a fresh optimiser (`reset`); the schedule resumes at k either way."""
+        return self.dense.state_at(self.rewind_iter, mask, self.cfg.imp.rewind_optimizer == "restore")
 
     # -- running ---------------------------------------------------------------------------
 

@@ -61,12 +61,16 @@ LEVELS_SCHEMA = pa.schema([
     ("prune_rate", pa.float64()),  # per level, fully connected layers
     ("prune_conv_rate", pa.float64()),  # per level, conv layers (resolved)
     ("prune_output_rate", pa.float64()),  # per level, the output layer (resolved)
+    ("data_order", pa.string()),  # fresh (each training its own order) or replay (the dense run's)
+    ("rewind_optimizer", pa.string()),  # reset (a fresh optimiser at k) or restore (the dense state at k)
     *SPEED_COLUMNS,
+    ("order_seed", pa.int64()),  # the seed this training's data order and augmentation were drawn from
     ("level", pa.int64()),
     ("variant", pa.string()),  # dense (level 0), ticket, or a control's name
     ("weights_remaining", pa.float64()),  # kept fraction of prunable weights
     ("test_accuracy", pa.float64()),  # at the end of training
     ("test_loss", pa.float64()),
+    ("val_accuracy", pa.float64()),  # at the end of training: what hyperparameters are selected on
     ("val_loss", pa.float64()),
     ("early_stop_iter", pa.int64()),  # iteration of minimum validation loss
     ("early_stop_accuracy", pa.float64()),  # test accuracy there

@@ -235,7 +235,7 @@ class StabilityRun(Run):
             self.imp.run()
             mask = self.imp.mask(self.cfg.stability.level)
         self.trainings = self.dense.trainings + (self.imp.trainings if self.imp else 0)
-        return self.dense.state_at(self.rewind_iter, mask)
+        return self.dense.state_at(self.rewind_iter, mask, self.cfg.imp.rewind_optimizer == "restore")
 
     def run(self) -> pa.Table:
         """Analyse every uncommitted replicate; returns the complete summary table."""

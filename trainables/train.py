@@ -197,5 +197,5 @@ def summarize(history: list[dict[str, float]]) -> dict[str, float]:
     final = history[-1]
     best = min(history, key=lambda h: h["val_loss"])
     return {"test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
-            "val_loss": final["val_loss"], "early_stop_iter": best["iteration"],
+            "val_accuracy": final["val_accuracy"], "val_loss": final["val_loss"], "early_stop_iter": best["iteration"],
             "early_stop_accuracy": best["test_accuracy"], "early_stop_val_loss": best["val_loss"]}

@@ -81,6 +81,9 @@ COMMANDS = (
             help="test accuracy at the end of training or at the early-stop iteration"),
         arg("--tolerance", default="1std", help="matching: within N std of dense over seeds (1std, the LMC "
                                                 "paper's definition) or N accuracy points (0.5pt)"),
+        arg("--rule", choices=["lmc", "lth"], default="lmc",
+            help="what the matching table calls matching: lmc (within the tolerance of dense, Frankle et al. "
+                 "2020) or lth (no lower early-stop accuracy in no more iterations, Frankle & Carbin 2019)"),
         arg("--no-mlflow", action="store_true", help="do not log the report to MLflow"))),
     Command(("ui",), "start the MLflow UI on a sweep's (or a storage folder's) MLflow store", "views:ui", (
         arg("dir", nargs="?", help="a sweep folder or storage folder (default $LTH_STORAGE, else runs/sweeps)"),

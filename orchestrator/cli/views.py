@@ -70,7 +70,7 @@ def report(args: argparse.Namespace) -> int:
         return None if text is None else tuple(k.strip() for k in text.split(",") if k.strip())
 
     options = Options(group_by=keys(args.group_by), panel_by=keys(args.panel_by), accuracy=args.accuracy,
-                      variants=keys(args.variants) or DEFAULT_VARIANTS, tolerance=args.tolerance)
+                      variants=keys(args.variants) or DEFAULT_VARIANTS, tolerance=args.tolerance, rule=args.rule)
     parse_tolerance(options.tolerance)
     tables, header = reports.load(args.dirs)
     roots = [fs.filesystem(d)[1] for d in args.dirs]

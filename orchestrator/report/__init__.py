@@ -32,10 +32,11 @@ def build(tables: Mapping[str, pa.Table], options: Options, title: str, header: 
     report = Report(title, header)
     results, path, summary = (tables.get(n) for n in (RESULTS, STABILITY_PATH, STABILITY_SUMMARY))
     if results is not None and results.num_rows:
-        accuracy = analysis.summary(results, options.accuracy)  # once: the figure and both tables share it
-        report.figures += [accuracy_figure(accuracy, options),
-                           early_stop_figure(analysis.summary(results, "early_stop_iter"), options)]
-        report.tables += [matching_table(accuracy, options), summary_table(accuracy, options)]
+        accuracy = analysis.summary(results, options.accuracy)  # once: the figures and tables share them
+        speed = analysis.summary(results, "early_stop_iter")
+        matched = analysis.summary(results, "early_stop_accuracy") if options.rule == "lth" else accuracy
+        report.figures += [accuracy_figure(accuracy, options), early_stop_figure(speed, options)]
+        report.tables += [matching_table(matched, options, speed), summary_table(accuracy, options)]
     else:
         report.notes.append(f"skipped accuracy and early-stop vs. weights remaining and the matching table: no IMP "
                             f"results ({RESULTS}); they come from IMP sweeps (`kind: imp`)")

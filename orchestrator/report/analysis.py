@@ -119,24 +119,44 @@ def parse_tolerance(text: str) -> tuple[str, float]:
     return unit, value if unit == "std" else value / 100
 
 
-def matching(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], variants: Sequence[str], tolerance: str
-             ) -> list[dict[str, Any]]:
+RULES = {  # what a table calls matching: the LMC paper's tolerance, or the LTH paper's winning-ticket criterion
+    "lmc": "matching (Frankle et al. 2020): mean accuracy over seeds at least dense's mean minus the tolerance",
+    "lth": "winning ticket (Frankle & Carbin 2019): mean early-stop accuracy over seeds at least dense's, reached "
+           "in no more iterations (mean early-stop iteration at most dense's)"}
+
+
+def matching(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], variants: Sequence[str], tolerance: str,
+             rule: str = "lmc", iterations: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
     """Per setting (`summary` rows): the dense mean and std, the tolerance used, and per variant the
-    pruned level with the fewest weights remaining that is matching (mean accuracy >= dense mean -
-    tolerance; None: no level is), with the denser levels that are not (`gaps`: noise or a real dip,
-    the reader decides), and the ticket's best pruned level."""
+    pruned level with the fewest weights remaining that is matching (None: no level is), with the denser
+    levels that are not (`gaps`: noise or a real dip, the reader decides), and the ticket's best pruned
+    level. Rule `lmc`: mean accuracy >= dense mean - tolerance. Rule `lth`: `rows` summarise the
+    early-stop accuracy and `iterations` the early-stop iteration; mean accuracy >= dense mean and mean
+    iteration <= dense's (no tolerance)."""
+    if rule not in RULES:
+        raise ReportError(f"--rule {rule!r}: expected one of {', '.join(RULES)}")
     unit, amount = parse_tolerance(tolerance)
+    speed = {(tuple(r.get(k) for k in keys), r["level"]): r for r in iterations}
     out = []
     for setting, setting_rows in groups(rows, keys).items():
         first = setting_rows[0]
         std = first["dense_std"]
         entry = {"setting": dict(zip(keys, setting)), "dense_mean": first["dense_mean"], "dense_std": std,
-                 "tolerance": amount * (std or 0.0) if unit == "std" else amount,
-                 "tolerance_note": "one seed: no std, so at least dense" if unit == "std" and std is None else ""}
+                 "tolerance": 0.0 if rule == "lth" else amount * (std or 0.0) if unit == "std" else amount,
+                 "tolerance_note": "one seed: no std, so at least dense" if (
+                     rule == "lmc" and unit == "std" and std is None) else ""}
+
+        def fast(r: Mapping[str, Any], variant: str) -> bool:
+            if rule == "lmc":
+                return True
+            here = speed[(setting, r["level"])]
+            return here[f"{variant}_mean"] <= here["dense_mean"] + 1e-9
+
         pruned = sorted((r for r in setting_rows if r["level"] > 0), key=lambda r: r["level"])
         for variant in variants:
             levels = [r for r in pruned if r.get(f"{variant}_mean") is not None]
-            matches = [r[f"{variant}_mean"] >= first["dense_mean"] - entry["tolerance"] - 1e-12 for r in levels]
+            matches = [r[f"{variant}_mean"] >= first["dense_mean"] - entry["tolerance"] - 1e-12 and fast(r, variant)
+                       for r in levels]
             last = max((i for i, m in enumerate(matches) if m), default=None)
             entry[variant] = None if last is None else {
                 "level": levels[last]["level"], "weights_remaining": levels[last]["weights_remaining"],

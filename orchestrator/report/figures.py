@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
-from orchestrator.report.analysis import ReportError, Summary, clean, groups, matching, parse_tolerance, settings
+from orchestrator.report.analysis import RULES, ReportError, Summary, clean, groups, matching, parse_tolerance, \
+    settings
 from trainables.catalog import CONTROLS
 from trainables.results import DENSE, TICKET
 
@@ -76,6 +77,7 @@ class Table:
     columns: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
     caption: str = ""
+    rule: str = ""  # the one line saying which rule decides what the table calls matching
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class Options:
     variants: tuple[str, ...] = DEFAULT_VARIANTS  # which of the ticket and its controls to draw
     accuracy: str = "test_accuracy"  # or early_stop_accuracy: the test accuracy at the early-stop iteration
     tolerance: str = "1std"  # matching: within N std of dense (over seeds) or within N accuracy points ("0.5pt")
+    rule: str = "lmc"  # lmc: matching within the tolerance; lth: the LTH paper's winning-ticket criterion
 
 
 
@@ -203,11 +206,12 @@ def early_stop_figure(summary: Summary, options: Options) -> Figure:
 
 
 
-def matching_table(summary: Summary, options: Options) -> Table:
-    """From `analysis.summary` of `options.accuracy`."""
+def matching_table(summary: Summary, options: Options, speed: Summary | None = None) -> Table:
+    """From `analysis.summary` of `options.accuracy` (rule lmc), or of the early-stop accuracy with `speed`, the
+    summary of the early-stop iteration (rule lth)."""
     keys, rows = summary
     variants = [v for v in options.variants if any(r.get(f"{v}_mean") is not None for r in rows if r["level"] > 0)]
-    entries = matching(keys, rows, variants, options.tolerance)
+    entries = matching(keys, rows, variants, options.tolerance, options.rule, speed[1] if speed else ())
 
     def cell(found: Mapping[str, Any] | None) -> str:
         if found is None:
@@ -225,13 +229,17 @@ def matching_table(summary: Summary, options: Options) -> Table:
                     *(cell(entry[v]) for v in variants),
                     "-" if best is None else f"{best['mean']:.2%} at {best['weights_remaining']:.1%}"))
     unit, amount = parse_tolerance(options.tolerance)
-    rule = f"{amount:g} std of dense over seeds" if unit == "std" else f"{amount:.2%} (accuracy points)"
-    return Table("matching", "Matching subnetworks", ("setting", "dense", "tolerance",
-                 *(f"{v} matching down to" for v in variants), "best ticket"), tuple(out),
-                 f"A level is matching when its mean {options.accuracy.replace('_', ' ')} over seeds is at least "
-                 f"dense's minus the tolerance ({rule}). 'Down to' is the pruned level with the fewest weights "
-                 "remaining that is matching; 'not at' lists denser levels that are not; 'the last level' means "
-                 "the sweep stopped pruning before the ticket stopped matching.")
+    tolerance = f"{amount:g} std of dense over seeds" if unit == "std" else f"{amount:.2%} (accuracy points)"
+    accuracy = "early stop accuracy" if options.rule == "lth" else options.accuracy.replace("_", " ")
+    what = (f"its mean {accuracy} over seeds is at least dense's minus the tolerance ({tolerance})"
+            if options.rule == "lmc" else f"its mean {accuracy} over seeds is at least dense's and its mean early-stop "
+                                          "iteration at most dense's")
+    return Table("matching", "Matching subnetworks" if options.rule == "lmc" else "Winning tickets",
+                 ("setting", "dense", "tolerance", *(f"{v} matching down to" for v in variants), "best ticket"),
+                 tuple(out), f"A level is matching when {what}. 'Down to' is the pruned level with the fewest "
+                 "weights remaining that is matching; 'not at' lists denser levels that are not; 'the last level' "
+                 "means the sweep stopped pruning before the ticket stopped matching.",
+                 rule=f"Rule: {RULES[options.rule]}.")
 
 
 def _mean_std(mean: float | None, std: float | None) -> str:

@@ -80,7 +80,7 @@ _CSS = """body{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px}
 td{text-align:right}td:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%}
 pre{background:#f7f7f7;padding:.8em;white-space:pre-wrap}.note{color:#a15c00}figcaption,.caption{color:#555;
-font-size:13px;max-width:900px}"""
+font-size:13px;max-width:900px}.rule{font-weight:600;font-size:13px}"""
 
 
 def html_page(report: Report, images: Mapping[str, bytes], sources: Sequence[str]) -> str:
@@ -100,7 +100,8 @@ def html_page(report: Report, images: Mapping[str, bytes], sources: Sequence[str
     for table in report.tables:
         head = "".join(f"<th>{e(c)}</th>" for c in table.columns)
         body = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in row) + "</tr>" for row in table.rows)
-        parts.append(f"<h2 id='{table.name}'>{e(table.title)}</h2><p class='caption'>{e(table.caption)}</p>"
+        rule = f"<p class='rule'>{e(table.rule)}</p>" if table.rule else ""
+        parts.append(f"<h2 id='{table.name}'>{e(table.title)}</h2>{rule}<p class='caption'>{e(table.caption)}</p>"
                      f"<table><tr>{head}</tr>{body}</table>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -45,6 +45,18 @@ class Workflow:
         """The names of the metrics a trial reports to Tune (the choices of `search.metric`)."""
         raise NotImplementedError
 
+    def split_of(self, metric: str) -> str | None:
+        """The data split a metric is computed on (train, val, test), or None (weights remaining)."""
+        raise NotImplementedError
+
+    def validation_twin(self, metric: str) -> str:
+        """The metric to select on instead of test-split `metric`: the same quantity on the validation split."""
+        raise NotImplementedError
+
+    def renamed(self) -> dict[str, str]:
+        """Metric names no longer reported -> what they were renamed to."""
+        return {}
+
     def make_run(self, cfg: Config, workdir: Path, reporter: Reporter, dense_dir: Path | None,
                  masks_from: str | None) -> Any:
         """The run a trial (or `lth imp` / `lth stability`) executes: it has `.run()`. `dense_dir`: a shared

@@ -10,15 +10,14 @@ from trainables.config import Config
 from trainables.layout import HISTORY, RESULTS
 from trainables.results import DENSE, HISTORY_SCHEMA, LEVELS_SCHEMA, TICKET, as_ticket
 
-# Tune: the ticket's numbers at the level just finished, by metric name and results column. Test-set numbers are
-# what the papers report; select on the validation losses to keep the test set unseen.
-TICKET_METRICS = {"ticket_accuracy": "test_accuracy", "ticket_early_stop_accuracy": "early_stop_accuracy",
-                  "ticket_test_loss": "test_loss", "ticket_val_loss": "val_loss",
-                  "ticket_early_stop_val_loss": "early_stop_val_loss", "ticket_early_stop_iter": "early_stop_iter"}
-# ... and every other variant's test accuracy as `{variant}_accuracy` (dense: level 0's).
+# Tune: every variant's numbers at the level just finished as `{variant}_{column}` (the dense network's from
+# level 0), each column with the split it is computed on. The test split reports (what the papers show); the
+# validation split selects (the early-stop iteration is chosen by validation loss).
+COLUMN_SPLITS = {"test_accuracy": "test", "test_loss": "test", "early_stop_accuracy": "test", "val_accuracy": "val",
+                 "val_loss": "val", "early_stop_val_loss": "val", "early_stop_iter": "val"}
+VALIDATION_TWIN = {"test_accuracy": "val_accuracy", "test_loss": "val_loss", "early_stop_accuracy": "val_accuracy"}
 # MLflow: `{variant}/{column}` for each of these columns, step = level.
-MLFLOW_COLUMNS = ("test_accuracy", "test_loss", "val_loss", "early_stop_iter", "early_stop_accuracy",
-                  "early_stop_val_loss", "train_seconds")
+MLFLOW_COLUMNS = (*COLUMN_SPLITS, "train_seconds")
 # What `lth imp` prints per row: (header, width, format, column).
 _TABLE = [("level", 5, "{:>5}", "level"), ("variant", 11, "{:<11}", "variant"),
           ("remaining", 9, "{:>8.1%} ", "weights_remaining"), ("test acc", 8, "{:>8.2%}", "test_accuracy"),
@@ -26,18 +25,19 @@ _TABLE = [("level", 5, "{:>5}", "level"), ("variant", 11, "{:<11}", "variant"),
           ("es acc", 7, "{:>7.2%}", "early_stop_accuracy"), ("seconds", 7, "{:>7.1f}", "train_seconds")]
 
 
+def variants() -> tuple[str, ...]:
+    return (TICKET, DENSE, *CONTROLS.names())
+
+
 def level_summary(rows: list[dict[str, Any]], level: int) -> dict[str, Any]:
-    """The Tune metrics of one level (and the dense network's accuracy, from level 0)."""
+    """The Tune metrics of one level (and the dense network's, from level 0)."""
     out: dict[str, Any] = {}
     for r in rows:
+        for variant in ([as_ticket(r["variant"])] if r["level"] == level else []) + (
+                [DENSE] if r["variant"] == DENSE else []):
+            out |= {f"{variant}_{column}": r[column] for column in COLUMN_SPLITS}
         if r["level"] == level:
-            variant = as_ticket(r["variant"])
             out["weights_remaining"] = r["weights_remaining"]
-            out[f"{variant}_accuracy"] = r["test_accuracy"]
-            if variant == TICKET:
-                out |= {name: r[column] for name, column in TICKET_METRICS.items()}
-        if r["variant"] == DENSE:
-            out["dense_accuracy"] = r["test_accuracy"]
     return out
 
 
@@ -61,8 +61,8 @@ def level_line(result: Mapping[str, Any]) -> list[str]:
     if "weights_remaining" in result:
         parts.append(f"{result['weights_remaining']:.1%} remaining")
     for variant in (TICKET, *CONTROLS.names()):
-        if f"{variant}_accuracy" in result:
-            parts.append(f"{variant} {result[f'{variant}_accuracy']:.2%}")
+        if result.get(f"{variant}_test_accuracy") is not None:
+            parts.append(f"{variant} {result[f'{variant}_test_accuracy']:.2%}")
     return parts
 
 
@@ -112,8 +112,17 @@ class ImpWorkflow(Workflow):
     masks_dir = ""
 
     def metrics(self) -> list[str]:
-        variants = [DENSE, *CONTROLS.names()]
-        return ["weights_remaining", *TICKET_METRICS, *(f"{v}_accuracy" for v in variants)]
+        return ["weights_remaining", *(f"{v}_{c}" for v in variants() for c in COLUMN_SPLITS)]
+
+    def split_of(self, metric: str) -> str | None:
+        return next((split for column, split in COLUMN_SPLITS.items() if metric.endswith(f"_{column}")), None)
+
+    def validation_twin(self, metric: str) -> str:
+        column = next(c for c in VALIDATION_TWIN if metric.endswith(f"_{c}"))
+        return metric[:-len(column)] + VALIDATION_TWIN[column]
+
+    def renamed(self) -> dict[str, str]:
+        return {f"{v}_accuracy": f"{v}_test_accuracy" for v in variants()}  # before metric names said their split
 
     def make_run(self, cfg, workdir, reporter, dense_dir, masks_from):
         from trainables.imp import ImpRun

@@ -11,7 +11,7 @@ import yaml
 
 from orchestrator.workflows import MlflowMetrics, Rows, Workflow, csv_bytes, stamp
 from orchestrator.workflows.imp import level_line, level_metrics, row_lines
-from trainables.config import Config, ConfigError, from_dict, mask_key
+from trainables.config import Config, ConfigError, as_made, from_dict, mask_key
 from trainables.layout import CONFIG, IMP_DIR, RESULTS, STABILITY_PATH, STABILITY_SUMMARY, RunLayout
 from trainables.results import LEVELS_SCHEMA, STABILITY_PATH_SCHEMA, STABILITY_SUMMARY_SCHEMA, endpoint_error
 
@@ -35,7 +35,8 @@ def summary_metrics(rows: list[dict[str, Any]], threshold: float) -> dict[str, A
 
 def find_mask(directory: str, cfg: Config, level: int) -> tuple[str, Any] | None:
     """(trial id, mask) of level `level` from a trial of the IMP sweep in `directory` whose config computes the
-    same masks as `cfg` (`trainables.config.mask_key`), or None if no trial there has it."""
+    same masks as `cfg` (`trainables.config.mask_key`; a config stored before a protocol key existed is read
+    as it was made), or None if no trial there has it."""
     import torch
 
     from orchestrator.sweep_folder import stored_trials
@@ -47,7 +48,7 @@ def find_mask(directory: str, cfg: Config, level: int) -> tuple[str, Any] | None
             continue
         try:
             with trial.fs.open_input_stream(f"{trial.checkpoint}/{CONFIG}") as f:
-                stored = from_dict(yaml.safe_load(f.read()), f"{trial.checkpoint}/{CONFIG}")
+                stored = from_dict(as_made(yaml.safe_load(f.read()))[0], f"{trial.checkpoint}/{CONFIG}")
             if mask_key(stored) != wanted:
                 continue
             with trial.fs.open_input_file(f"{trial.checkpoint}/{RunLayout.mask_name(level)}") as f:
@@ -85,6 +86,12 @@ class StabilityWorkflow(Workflow):
 
     def metrics(self) -> list[str]:
         return [f"{name}_{split}" for name in QUANTITIES for split in SPLITS]
+
+    def split_of(self, metric: str) -> str | None:
+        return metric.rsplit("_", 1)[-1] if metric.rsplit("_", 1)[-1] in SPLITS else None
+
+    def validation_twin(self, metric: str) -> str:
+        return f"{metric.rsplit('_', 1)[0]}_val"
 
     def make_run(self, cfg, workdir, reporter, dense_dir, masks_from):
         from trainables.stability import StabilityRun

@@ -27,6 +27,7 @@ class ModelConfig:
     arch: str = "lenet_300_100"  # Frankle & Carbin 2019, Fig. 2: LeNet-300-100, the paper's first net
     init: Literal["glorot_normal", "glorot_uniform", "kaiming_normal", "kaiming_uniform"] = (
         "glorot_normal")  # Frankle & Carbin 2019, §2: Gaussian Glorot initialisation
+    bn_init: Literal["ones", "uniform"] = "ones"  # BatchNorm weights: 1 (F&C 2019); U[0, 1) (LMC code, open_lth)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class TrainConfig:
     warmup: str = duration("0it")  # linear from 0; Frankle & Carbin 2019, §4: 10K (VGG) / 20K (ResNet)
     eval_every: str = duration("1000it")  # resolution of the early-stop iteration
     data_seed: int | None = None  # SGD noise (data order, augmentation); None: the run's seed
+    # fresh: each training after the dense run draws its own order from (data_seed, level, variant), as
+    # open_lth does; replay: every training replays the dense run's order (this project before 2026-12)
+    data_order: Literal["fresh", "replay"] = "fresh"
     precision: Literal["fp32", "bf16"] = "fp32"  # the papers train in fp32; bf16: autocast, BatchNorm and loss in fp32
 
     def problems(self) -> list[tuple[str, str]]:
@@ -110,6 +114,9 @@ class ImpConfig:
     rewind_iter: str = duration("0it")  # 0: original init (F&C 2019); k > 0: late rewinding (Frankle et al. 2020)
     controls: tuple[str, ...] = ()  # `lth list controls`; reinit and random_mask: Frankle & Carbin 2019, §2-§4
     keep_weights: Literal["last", "all"] = "last"  # trained weights of every level, or of the latest only
+    # reset: every variant starts at k with a fresh optimiser, schedule position kept (open_lth); restore: the
+    # dense optimiser's state at k for every variant that starts from rewound weights (before 2026-12)
+    rewind_optimizer: Literal["reset", "restore"] = "reset"
 
     def problems(self) -> list[tuple[str, str]]:
         twice = len(set(self.controls)) != len(self.controls)
@@ -196,6 +203,7 @@ def from_dict(raw: Mapping[str, Any], source: str = "config", check: Check | Non
 _HASH_EXCLUDED = {"runtime", "stability"}
 # Everything that decides what dense training (level 0) computes: the key of a shared dense run.
 DENSE_SECTIONS = ("model", "data", "train", "seed")
+_NOT_DENSE = ("data_order",)  # the dense run keeps the data seed's order under every data order
 # What never changes an IMP run's masks: how far it goes, what it trains beside the ticket, what it keeps.
 # Everything else decides them, keys added later included.
 _NOT_MASK = {"runtime": None, "stability": None, "imp": ("levels", "controls", "keep_weights")}
@@ -213,12 +221,31 @@ def config_hash(cfg: Config) -> str:
 
 def dense_hash(cfg: Config) -> str:
     """Names the dense prefix (level 0): runs that differ only after dense training share it."""
-    return _digest({k: v for k, v in non_default(cfg).items() if k in DENSE_SECTIONS})
+    raw = {k: v for k, v in non_default(cfg).items() if k in DENSE_SECTIONS}
+    raw["train"] = {k: v for k, v in raw.get("train", {}).items() if k not in _NOT_DENSE}
+    return _digest({k: v for k, v in raw.items() if v != {}})
 
 
 def stability_hash(cfg: Config) -> str:
     """Names a stability analysis: everything non-default but the runtime, the stability section included."""
     return _digest({k: v for k, v in non_default(cfg).items() if k != "runtime"})
+
+
+# Protocol keys whose default changed, and the value every run made before the key existed used: a stored
+# config that lacks one was made under that value, and is read as such.
+PROTOCOL_CHANGES = {"train.data_order": "replay", "imp.rewind_optimizer": "restore"}
+
+
+def as_made(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A stored config with each protocol key it lacks set to the value it was made under; and those keys."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    missing = []
+    for key, legacy in PROTOCOL_CHANGES.items():
+        section, name = key.split(".")
+        if isinstance(out.get(section), dict) and name not in out[section]:
+            out[section][name] = legacy
+            missing.append(key)
+    return out, missing
 
 
 def mask_key(cfg: Config) -> dict[str, Any]:

@@ -33,12 +33,13 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes
     with torch.device("meta"):
         model = builder(tuple(input_shape), num_classes)
     model.to_empty(device="cpu")
-    init_weights(model, cfg.init, torch.Generator().manual_seed(seed))
+    init_weights(model, cfg.init, torch.Generator().manual_seed(seed), cfg.bn_init)
     return model
 
 
-def init_weights(model: nn.Module, scheme: str, generator: torch.Generator) -> None:
-    """Conv/Linear weights by `scheme`, biases 0, BatchNorm to identity, in module order."""
+def init_weights(model: nn.Module, scheme: str, generator: torch.Generator, bn_init: str) -> None:
+    """Conv/Linear weights by `scheme`, biases 0, BatchNorm weights 1 (or U[0, 1) with `bn_init: uniform`, drawn
+    from the same generator in module order) and biases 0."""
     init = _INITS[scheme]
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -46,7 +47,10 @@ def init_weights(model: nn.Module, scheme: str, generator: torch.Generator) -> N
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
+            if bn_init == "uniform":
+                nn.init.uniform_(module.weight, 0.0, 1.0, generator=generator)
+            else:
+                nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
             module.reset_running_stats()
         elif [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
