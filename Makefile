@@ -33,3 +33,4 @@ ui: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/speed.py
 	$(PY) bench/sweep_overhead.py
+	$(PY) bench/eval_cost.py

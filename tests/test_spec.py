@@ -153,3 +153,24 @@ def test_a_sweep_naming_a_missing_dataset_fails_before_ray_starts(tmp_path, caps
 
     assert missing_dataset(DataConfig(dataset="cifar10", root=str(tmp_path), download=True)) is None  # may fetch it
     assert missing_dataset(DataConfig(dataset="mnist5k")) is None  # bundled
+
+
+def test_selection_is_on_validation_data_only(tmp_path):
+    optuna = {"algorithm": "optuna", "num_samples": 2}
+    raw = sweep_raw(tmp_path, space={"train.lr": {"loguniform": [1e-4, 1e-2]}},
+                    search={**optuna, "metric": "ticket_test_accuracy"})
+    (found,) = problems(raw, tmp_path)
+    assert found.startswith("search.metric: ticket_test_accuracy is computed on the test split")
+    assert "select on ticket_val_accuracy (the validation split)" in found and "allow_test_metric: true" in found
+    raw["search"]["allow_test_metric"] = True  # knowingly
+    assert parse_sweep(raw, "t").search.metric == "ticket_test_accuracy"
+    raw["search"] = {**optuna, "metric": "ticket_accuracy"}  # the name before metric names said their split
+    (found,) = problems(raw, tmp_path)
+    assert "'ticket_accuracy' is no longer reported" in found and "ticket_test_accuracy" in found
+    assert "ticket_val_accuracy (the validation split: select on this)" in found
+    raw["search"] = optuna  # the default objective: the ticket's validation accuracy
+    assert parse_sweep(raw, "t").search.metric == "ticket_val_accuracy"
+    stability = sweep_raw(tmp_path, kind="stability", space={"imp.rewind_iter": {"choice": ["0it", "30it"]}},
+                          search={**optuna, "metric": "instability_test"})
+    (found,) = problems(stability, tmp_path)
+    assert "select on instability_val" in found

@@ -74,6 +74,7 @@ def _get(cfg: Config, key: str):
 
 SGD_CIFAR = {"data.dataset": "cifar10", "train.optimizer": "sgd", "train.momentum": 0.9, "train.weight_decay": 1e-4,
              "train.gamma": 0.1, "prune.scope": "global", "rate:conv": 0.2}
+LMC_INIT = {"model.init": "kaiming_normal", "model.bn_init": "uniform"}  # the LMC paper's code (open_lth)
 LMC_STABILITY = {"stability.alpha_points": 30, "stability.threshold": 0.02, "stability.barrier": "endpoints_mean",
                  "stability.replicates": 3, "stability.splits": ["train", "test"]}
 # What the papers ran (../shared/reference/papers.md), by sweep file: every trial holds these values.
@@ -91,20 +92,21 @@ PAPER_VALUES = {
         "it:train.milestones[]": [20_000, 25_000], "prune.exclude": ["fc", "*shortcut*"], "imp.rewind_iter": "0it",
         "train.lr": Each([0.1, 0.01, 0.03]), "it:train.warmup": Each([0, 0, 20_000])},
     "rewind_sweep.yaml": {  # Frankle et al. 2020 (LMC): ResNet-20, 160 epochs of 50K, k up to 5K
-        **SGD_CIFAR, "model.arch": "resnet20", "train.lr": 0.1, "train.batch_size": 128, "it:train.warmup": 0,
+        **SGD_CIFAR, **LMC_INIT, "model.arch": "resnet20", "train.lr": 0.1, "train.batch_size": 128, "it:train.warmup": 0,
         "it:train.length": 62_400, "it:train.milestones[]": [31_200, 46_800]},
     "stability_lenet.yaml": {  # LMC: LeNet-300-100, Adam 1.2e-3, batch 60, 24K it
-        **LMC_STABILITY, "model.arch": "lenet_300_100", "data.dataset": "mnist", "train.optimizer": "adam",
+        **LMC_STABILITY, "model.arch": "lenet_300_100", "model.init": "kaiming_normal", "data.dataset": "mnist",
+        "train.optimizer": "adam",
         "train.lr": 1.2e-3, "train.batch_size": 60, "it:train.length": 24_000},
     "stability_resnet20.yaml": {  # LMC: ResNet-20, 160 epochs of 50K images
-        **LMC_STABILITY, **SGD_CIFAR, "model.arch": "resnet20", "train.lr": 0.1, "train.batch_size": 128,
+        **LMC_STABILITY, **SGD_CIFAR, **LMC_INIT, "model.arch": "resnet20", "train.lr": 0.1, "train.batch_size": 128,
         "it:train.length": 62_400, "it:train.milestones[]": [31_200, 46_800]},
 }
 # ... and across its trials: the seeds, the rewind points, the analysed levels, and how far IMP prunes.
 PAPER_SWEEPS = {
     "lenet_mnist.yaml": {"seed": [0, 1, 2, 3, 4], "below": 0.036},  # past the paper's 3.6%
-    "lr_sensitivity_vgg19.yaml": {"below": 0.015},  # past the warm-up case's 1.5%
-    "lr_sensitivity_resnet20.yaml": {"below": 0.118},  # past the warm-up case's 11.8%
+    "lr_sensitivity_vgg19.yaml": {"seed": [0, 1, 2], "below": 0.015},  # past the warm-up case's 1.5%
+    "lr_sensitivity_resnet20.yaml": {"seed": [0, 1, 2], "below": 0.118},  # past the warm-up case's 11.8%
     "rewind_sweep.yaml": {"seed": [0, 1, 2], "it:imp.rewind_iter": [0, 100, 500, 1000, 2000, 5000]},
     "stability_lenet.yaml": {"seed": [0, 1, 2], "stability.level": [0, 15], "it:imp.rewind_iter": [0, 100, 500, 2000]},
     "stability_resnet20.yaml": {"seed": [0, 1, 2], "stability.level": [0, 8],
