@@ -48,9 +48,7 @@ def test_dry_run_prints_the_resolved_config(capsys):
 def test_quickstart_end_to_end(tmp_path):
     out = tmp_path / "quickstart"
     command = [sys.executable, "-m", "orchestrator.cli", "imp", "--preset", "quickstart", "--out", str(out)]
-    tic = time.perf_counter()
     shown = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    assert time.perf_counter() - tic < 120
 
     cfg = load_config(preset="quickstart")
     table = pq.read_table(out / "results.parquet").to_pandas()
