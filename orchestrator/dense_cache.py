@@ -21,6 +21,7 @@ from trainables.catalog import steps_per_epoch
 from trainables.config import Config, dense_hash, to_iterations
 from trainables.imp import DenseRun, Reporter
 from trainables.layout import DenseLayout
+from trainables.results import replacing
 
 CLAIMS_ACTOR = "lth-dense-claims"
 
@@ -98,13 +99,15 @@ class DenseStore:
             for name in DenseLayout.files([0, *points]):
                 src, dst = f"{self.root}/{key}/{name}", local / name
                 if not dst.exists() and self.fs.get_file_info(src).type == pafs.FileType.File:
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    pafs.copy_files(src, str(dst), source_filesystem=self.fs)
+                    # renamed into place once whole: a download cut short leaves no file the cache trusts
+                    with replacing(dst) as tmp:
+                        pafs.copy_files(src, str(tmp), source_filesystem=self.fs)
         return local
 
     def publish(self, key: str, points: Sequence[int]) -> None:
-        """Upload a dense run computed in the local cache, one object per file, the commit record last: a
-        reader (`complete`) never takes a run whose upload was cut short."""
+        """Upload a dense run computed in the local cache. An object store has no rename: each file is one
+        object (published whole by its PUT), uploaded in order, the commit record last, and a reader
+        (`complete`) takes the run only once every file is there, never one whose upload was cut short."""
         if self.remote:
             local = self.local(key)
             for name in DenseLayout.files([0, *points]):

@@ -36,7 +36,7 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from orchestrator.fs import URI_SCHEMES, is_uri
+from orchestrator.fs import URI_SCHEMES, credential_problem, is_uri
 from orchestrator.space import Cases, Domain, flatten, parse_cases, parse_space
 from orchestrator.workflows import KINDS, Workflow, kind_problem
 from trainables import catalog
@@ -129,6 +129,8 @@ class SweepFile:
         elif is_uri(self.storage) and self.storage.split("://")[0] not in URI_SCHEMES:
             out.append(("storage", f"unknown URI scheme {self.storage.split('://')[0]!r}; pyarrow understands "
                                    f"{', '.join(URI_SCHEMES)}"))
+        elif (problem := credential_problem(self.storage)) is not None:
+            out.append(("storage", problem))
         return out
 
 

@@ -115,8 +115,13 @@ def restore(workdir: Path, flow: Workflow, manifests: bool) -> int:
     best, rows = sweep_folder.latest_checkpoint(storage.storage_filesystem, storage.trial_fs_path,
                                                 flow.commit_tables, manifests)
     if best is not None and rows > local:
+        # Downloaded beside the run folder and renamed into place once whole: a process killed mid-download
+        # leaves the old folder (or none), never a partial one whose results table would pass for complete.
+        partial = workdir.with_name(f".{workdir.name}.restoring")
+        shutil.rmtree(partial, ignore_errors=True)
+        tune.Checkpoint(best, storage.storage_filesystem).to_directory(str(partial))
         shutil.rmtree(workdir, ignore_errors=True)
-        tune.Checkpoint(best, storage.storage_filesystem).to_directory(str(workdir))
+        partial.rename(workdir)
     return sweep_folder.progress(known.filesystem, known.path, flow.commit_tables) if known else 0
 
 

@@ -21,3 +21,6 @@ def log(tmp_path_factory):
     yield path
     ray.shutdown()
     del os.environ[TRAINING_LOG]
+
+
+from tests.s3_helpers import s3  # noqa: E402, F401 - the session's moto server (S3), for any test that asks

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from orchestrator import sweep_folder
+from orchestrator import fs, sweep_folder
 from orchestrator.spec import SweepSpec, load_sweep, total_iterations
 from trainables import catalog
 from trainables.config import ConfigError
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     _print_plan(spec)
     if args.dry_run:
         return 0
+    fs.check_storage(spec.storage)
     if sweep_folder.exists(spec.folder):
         raise ConfigError(spec.source, [f"name: the sweep folder {spec.folder} already exists. To finish it: "
                                         f"lth sweep resume {spec.folder}; to start another, pass --name"])
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def resume(args: argparse.Namespace) -> int:
+    fs.check_storage(args.dir)
     spec = sweep_folder.load_spec(args.dir)
     print(f"resuming sweep {spec.name} in {spec.folder}")
     _check_data(spec, args.address)
@@ -93,6 +95,7 @@ def mlflow_sync(args: argparse.Namespace) -> int:
     from orchestrator.tracking.client import open_sweep
     from orchestrator.tracking.sync import sweep_params, sync_folder
 
+    fs.check_storage(args.dir)
     spec = sweep_folder.load_spec(args.dir)
     record = sweep_folder.sweep_record(spec, args.tracking_uri)
     if record["tracking_uri"] is None:

@@ -24,6 +24,7 @@ def _print_table(table: Table) -> None:
 
 def results(args: argparse.Namespace) -> int:
     """The report's summary table (or its stability table), as text, CSV or JSON."""
+    fs.check_storage(args.dir, write=False)
     tables = sweep_folder.read_tables(args.dir)
     stability, levels = tables[STABILITY_SUMMARY], tables[RESULTS]
     name = STABILITY_SUMMARY if stability.num_rows else RESULTS
@@ -72,6 +73,8 @@ def report(args: argparse.Namespace) -> int:
     options = Options(group_by=keys(args.group_by), panel_by=keys(args.panel_by), accuracy=args.accuracy,
                       variants=keys(args.variants) or DEFAULT_VARIANTS, tolerance=args.tolerance, rule=args.rule)
     parse_tolerance(options.tolerance)
+    for directory in args.dirs:
+        fs.check_storage(directory, write=False)
     tables, header = reports.load(args.dirs)
     roots = [fs.filesystem(d)[1] for d in args.dirs]
     names = [Path(root).name for root in roots]
