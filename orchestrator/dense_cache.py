@@ -9,6 +9,7 @@ it fails, so a retried trial (or a waiting one) takes over from what was saved.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -83,7 +84,7 @@ class DenseStore:
         self.remote = is_uri(storage)
         self.fs, root = filesystem(storage)
         self.root = f"{root.rstrip('/')}/dense"
-        self.cache = cache or Path.home() / ".cache" / "lth-sweeps" / "dense"
+        self.cache = cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lth-sweeps" / "dense"
 
     def local(self, key: str) -> Path:
         return self.cache / key if self.remote else Path(self.root) / key

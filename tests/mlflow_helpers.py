@@ -24,20 +24,23 @@ def free_port() -> int:
 
 
 class Server:
-    """`mlflow server` on 127.0.0.1 with a SQLite backend; stop() and start() again on the same port."""
+    """`mlflow server` on 127.0.0.1 with a SQLite backend; stop() and start() again on the same port.
+    `artifacts`: a URI (s3://...) the server stores artifacts in and serves (clients upload through it)."""
 
-    def __init__(self, db: Path, port: int | None = None):
-        self.db, self.port = db, port or free_port()
+    def __init__(self, db: Path, port: int | None = None, artifacts: str | None = None):
+        self.db, self.port, self.artifacts = db, port or free_port(), artifacts
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> Server:
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.log = open(self.db.with_suffix(".log"), "ab")  # the server's output, for tests to read
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.db}",
-             "--default-artifact-root", (self.db.parent / "artifacts").as_uri(), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+             *(["--artifacts-destination", self.artifacts] if self.artifacts else
+               ["--default-artifact-root", (self.db.parent / "artifacts").as_uri()]),
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:
             assert self.process.poll() is None, "mlflow server exited"
@@ -51,6 +54,7 @@ class Server:
     def stop(self) -> None:
         os.killpg(self.process.pid, 15)  # the server and its worker
         self.process.wait(30)
+        self.log.close()
 
 
 def rest(url: str, path: str, payload: dict | None = None, **query) -> dict:
