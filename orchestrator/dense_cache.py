@@ -9,6 +9,7 @@ it fails, so a retried trial (or a waiting one) takes over from what was saved.
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Sequence
 
 import pyarrow.fs as pafs
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.fs import filesystem, is_uri
 from trainables.catalog import steps_per_epoch
@@ -25,6 +27,9 @@ from trainables.layout import DenseLayout
 from trainables.results import replacing
 
 CLAIMS_ACTOR = "lth-dense-claims"
+# Test-only: "module:function", called with (key, file name) after each file a dense run uploads, so a
+# test can hold an upload midway, at a moment it knows, and remove the node (tests/s3_helpers.py).
+UPLOAD_HOOK = "LTH_TEST_UPLOAD_HOOK"
 
 
 class Claims:
@@ -63,7 +68,11 @@ class ActorClaims:
 def claims_actor(create: bool = False):
     """The sweep's claims actor (created by the driver), or None outside a sweep."""
     if create:
-        return DenseClaims.options(name=CLAIMS_ACTOR, get_if_exists=True, lifetime=None).remote()
+        # On the driver's node: an actor placed on a worker would die with it, and every trial's claim with it
+        # (found by tests/test_sweep_cluster_s3.py); the driver's node outlives the sweep's trials.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        return DenseClaims.options(name=CLAIMS_ACTOR, get_if_exists=True, lifetime=None,
+                                   scheduling_strategy=here).remote()
     if not ray.is_initialized():
         return None
     try:
@@ -111,9 +120,13 @@ class DenseStore:
         (`complete`) takes the run only once every file is there, never one whose upload was cut short."""
         if self.remote:
             local = self.local(key)
+            hook = os.environ.get(UPLOAD_HOOK)
             for name in DenseLayout.files([0, *points]):
                 self.fs.create_dir(f"{self.root}/{key}/{Path(name).parent}".rstrip("/."), recursive=True)
                 pafs.copy_files(str(local / name), f"{self.root}/{key}/{name}", destination_filesystem=self.fs)
+                if hook:
+                    module, attribute = hook.split(":")
+                    getattr(importlib.import_module(module), attribute)(key, name)
 
 
 def acquire(cfg: Config, rewind_points: Sequence[str], store: DenseStore, trial: str,

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +87,26 @@ def start_moto(timeout: float = 60) -> S3:
     iam.put_user_policy(UserName="lth", PolicyName="everything", PolicyDocument=_ALLOW_ALL)
     key = iam.create_access_key(UserName="lth")["AccessKey"]
     return S3(endpoint, key["AccessKeyId"], key["SecretAccessKey"], process=process)
+
+
+PAUSE_DIR = "LTH_TEST_PAUSE_DIR"
+
+
+def pause_upload(key: str, name: str) -> None:
+    """`orchestrator.dense_cache.UPLOAD_HOOK` for a node-loss test: the first dense-run upload of the test
+    (in $LTH_TEST_PAUSE_DIR) stops after its first file, records its node in `paused.json` and waits there,
+    for the test to remove its node; later uploads go through."""
+    import ray
+
+    try:
+        marker = os.open(Path(os.environ[PAUSE_DIR]) / "paused.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(marker, json.dumps({"key": key, "file": name, "node": ray.get_runtime_context().get_node_id(),
+                                 "pid": os.getpid()}).encode())
+    os.close(marker)
+    while True:
+        time.sleep(1)
 
 
 @pytest.fixture(scope="session")
