@@ -60,23 +60,31 @@ class S3:
         return self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
 
+def wait_for_url(url: str, process: subprocess.Popen, timeout: float) -> None:
+    """Until `url` answers; fails if `process` (the server behind it) exits first or `timeout` passes."""
+    deadline = time.time() + timeout
+    while True:
+        assert process.poll() is None, f"{process.args[:3]} exited"
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise TimeoutError(f"{url} did not answer in {timeout:.0f} s") from None
+            time.sleep(0.3)
+
+
 def start_moto(timeout: float = 60) -> S3:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(_SETUP_REQUESTS)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while True:
-        assert process.poll() is None, "moto server exited"
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline:
-                process.kill()
-                raise TimeoutError("moto server did not start") from None
-            time.sleep(0.2)
+    try:
+        wait_for_url(f"{endpoint}/moto-api/", process, timeout)
+    except BaseException:
+        process.kill()
+        raise
     import boto3
 
     setup = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "setup",

@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 
 from orchestrator.trial import TRAINING_LOG
 from tests.mlflow_helpers import free_port
+from tests.s3_helpers import wait_for_url
 from tests.sweep_helpers import BASE, write_sweep
 
 pytestmark = pytest.mark.slow
@@ -59,15 +58,7 @@ def ray_head(s3, tmp_path):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        deadline = time.time() + 120
-        while True:
-            assert head.poll() is None, "ray start --head exited"
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline, "the job server did not start"
-                time.sleep(0.5)
+        wait_for_url(f"{address}/api/version", head, 120)
         yield address, env
     finally:
         os.killpg(head.pid, signal.SIGTERM)

@@ -64,3 +64,12 @@ def test_a_dense_run_is_taken_from_s3_only_once_its_upload_is_whole(s3, tmp_path
     # An upload cut short (a lost node) lacks its commit record: no reader takes it.
     s3.client().delete_object(Bucket=s3.bucket, Key=f"dense-test/dense/k/{DenseLayout.files([0, 30])[-1]}")
     assert not reader.complete("k", [0, 30])
+
+
+def test_a_sweep_file_whose_storage_embeds_credentials_is_refused(tmp_path):
+    from tests.sweep_helpers import sweep_spec
+    from trainables.config import ConfigError
+
+    with pytest.raises(ConfigError, match="storage: the storage URI s3://bucket/lth carries credentials") as error:
+        sweep_spec("s3://AKIAEXAMPLE:s3cr3t/x@bucket/lth")
+    assert "s3cr3t" not in str(error.value)
