@@ -47,7 +47,7 @@ def target_kept(numel: int, rate: float, level: int) -> int:
 
 def _keep_top(scores: Tensor, alive: Tensor, count: int) -> Tensor:
     """The `count` best-scoring alive entries; ties go to the lower index, so masks are reproducible."""
-    scores = torch.where(alive, scores.float(), torch.tensor(-torch.inf))
+    scores = torch.where(alive, scores.double(), torch.tensor(-torch.inf))  # exact for float64 scores (SynFlow)
     order = torch.sort(scores, descending=True, stable=True).indices
     keep = torch.zeros_like(alive)
     keep[order[:count]] = True

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from orchestrator.workflows import MlflowMetrics, Rows, Workflow, csv_bytes, stamp
-from trainables.catalog import CONTROLS
-from trainables.config import Config
+from trainables.catalog import CONTROLS, METHODS
+from trainables.config import Config, ConfigError
 from trainables.layout import HISTORY, RESULTS
 from trainables.results import DENSE, HISTORY_SCHEMA, LEVELS_SCHEMA, TICKET, as_ticket
 
@@ -127,6 +127,9 @@ class ImpWorkflow(Workflow):
     def make_run(self, cfg, workdir, reporter, dense_dir, masks_from):
         from trainables.imp import ImpRun
 
+        if METHODS.meta(cfg.prune.method).get("at_init"):
+            raise ConfigError("prune.method", [f"{cfg.prune.method!r} chooses masks at initialisation: use "
+                                               "`kind: pruning_at_init`, which runs IMP and those methods side by side"])
         return ImpRun(cfg, workdir, reporter, dense_dir=dense_dir)
 
     def trial_metrics(self, tables: Rows, cfg: Config, search: Any) -> dict[str, Any]:
