@@ -8,7 +8,7 @@ layers as the method's `densities` says: as `prune.scope` (each layer its own ta
 layers competing for the kind's target), `uniform` (each layer its own target, whatever the scope) or `erk`
 (IMP's total at level L, spread by Erdos-Renyi-Kernel densities). Counts are exact. A method with several
 `rounds` (SynFlow) prunes to the density target^(r / rounds) in round r, rescoring the survivors each time.
-Scores are computed on a CPU copy in float64 (SynFlow's products of |w| underflow in float32).
+Scores are computed on a float64 copy (SynFlow's products of |w| underflow in float32) on the run's device.
 """
 
 from __future__ import annotations
@@ -141,9 +141,9 @@ def plan(layers: Sequence[Layer], shapes: dict[str, tuple[int, ...]], cfg: Prune
 
 
 def choose(method: str, model: nn.Module, layers: Sequence[Layer], counts: Plan, input_shape: tuple[int, ...],
-           batch: Batch, generator: torch.Generator) -> Mask:
-    """The mask `method` chooses on `model` (unchanged) keeping exactly each group's count; `batch` is handed
-    only to methods that read data."""
+           batch: Batch, generator: torch.Generator, device: torch.device | str = "cpu") -> Mask:
+    """The mask `method` chooses on `model` (unchanged; scored on a float64 copy on `device`) keeping exactly
+    each group's count; `batch` is handed only to methods that read data."""
     meta = METHODS.meta(method)
     if not meta.get("at_init"):
         raise AtInitError(f"prune.method: {method!r} is not a method at initialisation; choose one of "
@@ -157,15 +157,19 @@ def choose(method: str, model: nn.Module, layers: Sequence[Layer], counts: Plan,
     modules = dict(model.named_modules())
     mask = Mask({l.name: torch.ones_like(modules[l.name].weight, dtype=torch.bool, device="cpu") for l in layers})
     rounds = meta["rounds"]
-    data = tuple(t.cpu() for t in batch) if meta["data"] and batch is not None else None
-    if meta["data"] and data is None:
+    x = tuple(t.to(device) for t in batch) if meta["data"] and batch is not None else None
+    if meta["data"] and x is None:
         raise AtInitError(f"{method} reads a training batch; none was given")
+    if x is not None:
+        x = (x[0].double(), x[1])
+    net = copy.deepcopy(model).to(device).double().train()
+    found = dict(net.named_modules())
+    weights = {l.name: found[l.name].weight for l in layers}
+    initial = {n: w.detach().clone() for n, w in weights.items()}
     for r in range(1, rounds + 1):
-        net = copy.deepcopy(model).cpu().double().train()
-        mask.applier(net)()
-        found = dict(net.named_modules())
-        weights = {l.name: found[l.name].weight for l in layers}
-        x = None if data is None else (data[0].double(), data[1])
+        with torch.no_grad():  # each round scores the survivors of the last
+            for n, w in weights.items():
+                w.copy_(initial[n]).mul_(mask.tensors[n].to(device))
         scores = score(net, weights, x, tuple(input_shape), generator)
         out = {}
         for group, count in counts:
@@ -173,7 +177,7 @@ def choose(method: str, model: nn.Module, layers: Sequence[Layer], counts: Plan,
             held = sum(l.numel for l in group)
             keep_now = count if r == rounds else round(held * (count / held) ** (r / rounds)) if held else 0
             alive = torch.cat([mask.tensors[n].ravel() for n in names])
-            keep = _keep_top(torch.cat([scores[n].detach().ravel() for n in names]), alive, keep_now)
+            keep = _keep_top(torch.cat([scores[n].detach().cpu().ravel() for n in names]), alive, keep_now)
             out |= {n: part.view_as(mask.tensors[n]) for n, part in zip(names, keep.split([l.numel for l in group]))}
         mask = Mask(out)
     return mask
@@ -201,7 +205,7 @@ class AtInitRun(ImpRun):
         batch = self.data.train_batches(cfg.train.batch_size, derive_seed(cfg.data_seed, "at_init"))(0) \
             if METHODS.meta(method)["data"] else None
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "at_init", method, level))
-        return choose(method, model, self.layers, counts, self.data.input_shape, batch, generator)
+        return choose(method, model, self.layers, counts, self.data.input_shape, batch, generator, self.device)
 
 
 def at_init_methods() -> list[str]:
