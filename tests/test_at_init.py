@@ -140,6 +140,7 @@ def test_the_imp_kind_refuses_a_method_at_initialisation(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_run_at_initialisation_shares_imps_dense_run_grid_and_table(tmp_path):
     """Every method's levels sit at IMP's weights remaining, beside IMP's rows, on a tiny synthetic task."""
     import pyarrow.parquet as pq
@@ -150,7 +151,8 @@ def test_a_run_at_initialisation_shares_imps_dense_run_grid_and_table(tmp_path):
     flow, dense = workflow("pruning_at_init"), tmp_path / "dense"
     rows = {}
     for method in ("imp", "synflow", "random_erk"):
-        cfg = config(**{"prune.method": method, "prune.scope": "global", "imp.controls": ["random_mask"]})
+        cfg = config(**{"prune.method": method, "prune.scope": "global", "imp.controls": ["random_mask"],
+                        "train.length": "20it", "train.eval_every": "20it"})
         flow.make_run(cfg, tmp_path / method, None, dense, None).run()
         rows[method] = pq.read_table(tmp_path / method / "results.parquet").to_pandas().sort_values(
             ["level", "variant"])
