@@ -266,16 +266,19 @@ def summary_table(summary: Summary, options: Options, long_names: bool = False) 
     keys, rows = summary
     label = _long_label if long_names else _label
     variants = [v for v in options.variants if any(r.get(f"{v}_mean") is not None for r in rows)]
+    measured = [x for x in X_COLUMNS[1:] if any(r.get(f"{TICKET}_{x}") is not None for r in rows)]  # newer tables
     return Table("summary", f"{options.accuracy.replace('_', ' ').capitalize()} per level",
-                 ("setting", "level", "remaining", "effective", "FLOPs", "seeds", DENSE, *variants),
+                 ("setting", "level", "remaining", *(_X_HEADERS[x] for x in measured), "seeds", DENSE, *variants),
                  tuple((label(keys, [r[k] for k in keys]) or "all trials", str(r["level"]),
-                        f"{r['weights_remaining']:.1%}",
-                        *(_percent(r.get(f"{TICKET}_{x}")) for x in X_COLUMNS[1:]),
+                        f"{r['weights_remaining']:.1%}", *(_percent(r.get(f"{TICKET}_{x}")) for x in measured),
                         str(r["seeds"]), _mean_std(r["dense_mean"], r["dense_std"]),
                         *(_mean_std(r.get(f"{v}_mean"), r.get(f"{v}_std")) for v in variants)) for r in rows),
                  f"Mean ± std of {options.accuracy.replace('_', ' ')} over seeds; level 0's ticket is the dense "
                  "network. Effective: the ticket's weights on a path from input to output (biases ignored); FLOPs: "
                  "its multiply-accumulates with pruned weights skipped, of the dense network's.")
+
+
+_X_HEADERS = {"effective_weights_remaining": "effective", "flops_remaining": "FLOPs"}
 
 
 def _percent(value: float | None) -> str:
