@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -22,8 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainables.catalog import METHODS
-from trainables.config import ConfigError, PruneConfig, UserError
-from trainables.imp import ImpRun, derive_seed
+from trainables.config import Config, ConfigError, PruneConfig, UserError
+from trainables.data import Dataset
+from trainables.imp import ImpRun, Reporter, derive_seed
 from trainables.masks import Layer, Mask
 from trainables.models import build_model
 from trainables.pruning import _keep_top, target_kept
@@ -40,7 +42,7 @@ GRASP_TEMPERATURE = 200.0  # Wang et al. 2020, App.: logits divided by T = 200 f
 
 
 # ---------------------------------------------------------------------------------------------
-# scores: (network with the current mask applied, float64, on CPU; its prunable weights by name; batch;
+# scores: (network with the current mask applied, float64, on the run's device; its prunable weights by name; batch;
 # input shape; generator) -> scores by name, the highest kept
 
 
@@ -188,7 +190,8 @@ class AtInitRun(ImpRun):
     pruning level L-1's trained ticket: the same dense run (level 0), weights-remaining grid, training from the
     rewind point, seeds and controls; masks and results are kept and resumed as an IMP run's are."""
 
-    def __init__(self, cfg, out, reporter=None, dense_dir=None, data=None):
+    def __init__(self, cfg: Config, out: str | Path, reporter: Reporter | None = None,
+                 dense_dir: str | Path | None = None, data: Dataset | None = None):
         if not METHODS.meta(cfg.prune.method).get("at_init"):
             raise ConfigError("prune.method", [f"{cfg.prune.method!r} is not a method at initialisation; choose one "
                                                f"of {', '.join(at_init_methods())}"])
@@ -201,7 +204,7 @@ class AtInitRun(ImpRun):
         modules = dict(model.named_modules())
         counts = plan(self.layers, {l.name: tuple(modules[l.name].weight.shape) for l in self.layers}, cfg.prune,
                       level, METHODS.meta(method)["densities"])
-        # One batch for every level, from a seed of its own: the methods' scores differ only in the density.
+        # One batch for every level, from a seed of its own: a method's levels differ in their density alone.
         batch = self.data.train_batches(cfg.train.batch_size, derive_seed(cfg.data_seed, "at_init"))(0) \
             if METHODS.meta(method)["data"] else None
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "at_init", method, level))

@@ -214,9 +214,9 @@ class Run:
               keep_mask=start.mask.applier(start.model), callbacks=[evaluator, *extra])
         curve = evaluator.history()  # reads results back: the run's one host sync
         seconds = time.perf_counter() - tic
-        row = {**self.columns(), "order_seed": order, "level": level, "variant": variant,
-               **self.accounting(start.mask), **summarize(curve), "start_iter": begin, "end_iter": self.end_iter, "train_seconds": seconds,
-               "started_at": started, "finished_at": datetime.now(timezone.utc)}
+        row = {**self.columns(), "order_seed": order, "level": level, "variant": variant, "weights_remaining": remaining,
+               **self.accounting(start.mask), **summarize(curve), "start_iter": begin, "end_iter": self.end_iter,
+               "train_seconds": seconds, "started_at": started, "finished_at": datetime.now(timezone.utc)}
         return [row], [{"level": level, "variant": variant, **h} for h in curve]
 
 

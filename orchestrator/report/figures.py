@@ -19,8 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
-from orchestrator.report.analysis import RULES, X_COLUMNS, ReportError, Summary, clean, groups, matching, parse_tolerance, \
-    settings
+from orchestrator.report.analysis import RULES, X_COLUMNS, ReportError, Summary, clean, groups, matching, \
+    parse_tolerance, settings
 from trainables.catalog import CONTROLS
 from trainables.results import DENSE, TICKET
 

@@ -128,8 +128,8 @@ class ImpWorkflow(Workflow):
         from trainables.imp import ImpRun
 
         if METHODS.meta(cfg.prune.method).get("at_init"):
-            raise ConfigError("prune.method", [f"{cfg.prune.method!r} chooses masks at initialisation: use "
-                                               "`kind: pruning_at_init`, which runs IMP and those methods side by side"])
+            raise ConfigError("prune.method", [f"{cfg.prune.method!r} chooses masks at initialisation: use `kind: "
+                                               "pruning_at_init`, which runs IMP and those methods side by side"])
         return ImpRun(cfg, workdir, reporter, dense_dir=dense_dir)
 
     def trial_metrics(self, tables: Rows, cfg: Config, search: Any) -> dict[str, Any]:
