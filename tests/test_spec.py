@@ -77,7 +77,7 @@ def test_stability_sweeps_check_their_kind_metric_and_tracking(tmp_path):
     raw = sweep_raw(tmp_path, kind="stabilty", tracking={"uri": 5, "enabled": "yes"}, masks_from="runs/x")
     found = "\n".join(problems(raw, tmp_path))
     assert "masks_from: an IMP sweep folder (a string) for a `kind: stability` sweep" in found
-    assert "kind: expected one of imp, stability, got 'stabilty' (did you mean 'stability'?)" in found
+    assert "kind: expected one of imp, stability, pruning_at_init, got 'stabilty' (did you mean 'stability'?)" in found
     assert "tracking.uri: expected a string, got 5" in found
     assert "tracking.enabled: expected true or false, got 'yes'" in found
     raw = sweep_raw(tmp_path, kind="stability", space={"stability.level": [0, 1], "stability.bn": ["recompute"]},

@@ -36,7 +36,7 @@ def test_there_are_sweep_files():
     names = {f.name for f in FILES}
     assert {"quickstart.yaml", "lenet_mnist.yaml", "lr_sensitivity_vgg19.yaml", "lr_sensitivity_resnet20.yaml",
             "rewind_sweep.yaml", "optuna_search.yaml", "stability_lenet.yaml", "stability_resnet20.yaml",
-            "lr_sensitivity_small.yaml"} <= names
+            "lr_sensitivity_small.yaml", "pruning_at_init_lenet.yaml", "pruning_at_init_resnet20.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -101,6 +101,11 @@ PAPER_VALUES = {
     "stability_resnet20.yaml": {  # LMC: ResNet-20, 160 epochs of 50K images
         **LMC_STABILITY, **SGD_CIFAR, **LMC_INIT, "model.arch": "resnet20", "train.lr": 0.1, "train.batch_size": 128,
         "it:train.length": 62_400, "it:train.milestones[]": [31_200, 46_800]},
+    "pruning_at_init_resnet20.yaml": {  # Frankle et al. 2021 on the LMC paper's ResNet-20 recipe
+        **SGD_CIFAR, **LMC_INIT, "model.arch": "resnet20", "train.lr": 0.1, "train.batch_size": 128,
+        "it:train.length": 62_400, "it:train.milestones[]": [31_200, 46_800], "prune.exclude": ["fc", "*shortcut*"],
+        "prune.method": Each(["imp", "snip", "grasp", "synflow", "magnitude_init", "random_uniform", "random_erk"]),
+        "it:imp.rewind_iter": Each([2000, 0, 0, 0, 0, 0, 0])},
 }
 # ... and across its trials: the seeds, the rewind points, the analysed levels, and how far IMP prunes.
 PAPER_SWEEPS = {
@@ -111,6 +116,7 @@ PAPER_SWEEPS = {
     "stability_lenet.yaml": {"seed": [0, 1, 2], "stability.level": [0, 15], "it:imp.rewind_iter": [0, 100, 500, 2000]},
     "stability_resnet20.yaml": {"seed": [0, 1, 2], "stability.level": [0, 8],
                                 "it:imp.rewind_iter": [0, 100, 500, 2000, 5000]},
+    "pruning_at_init_resnet20.yaml": {"seed": [0, 1, 2], "below": 0.03},
 }
 
 
@@ -186,3 +192,18 @@ def test_the_lr_guide_quotes_the_paper_and_the_shipped_files_iterations():
         spec = _load(f"{name}.yaml")
         iterations, dense, trainings = total_iterations(spec, spec.grid())
         assert f"{dense + trainings} trainings" in guide or f"| {dense + trainings} | {iterations:,} |" in guide
+
+
+def test_the_small_pruning_at_init_study_compares_imp_with_every_method_and_says_so():
+    from trainables.catalog import METHODS
+
+    spec = _load("pruning_at_init_lenet.yaml")
+    configs = _configs(spec)
+    assert spec.kind == "pruning_at_init" and spec.workflow.name == "pruning_at_init"
+    assert sorted({c.prune.method for c in configs}) == sorted(METHODS.names())  # IMP and every method
+    assert {c.seed for c in configs} == {0, 1} and {c.imp.levels for c in configs} == {4}
+    assert {(c.data.dataset, c.model.arch, c.prune.scope, c.imp.rewind_iter) for c in configs} == {
+        ("mnist5k", "lenet_300_100", "global", "0it")}
+    _, dense, trainings = total_iterations(spec, spec.grid())
+    assert dense == 2 and trainings == 14 * 4  # beyond one dense run per seed
+    assert "SCALED-DOWN" in (SWEEPS / "pruning_at_init_lenet.yaml").read_text()

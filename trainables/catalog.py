@@ -82,6 +82,32 @@ CONTROLS.add("reinit", "same mask, fresh random weights and optimiser, trained f
 CONTROLS.add("random_mask", "random positions with the ticket's per-layer sparsity, rewound weights "
                             "(Frankle & Carbin 2019)", "trainables.controls:random_mask")
 
+# How a level's mask is chosen (`prune.method`): IMP, or a method at initialisation (`trainables.at_init`), each
+# scoring the network at the rewind point (k = 0: its initialisation) once, its highest scores kept. Metadata:
+# `densities`, how a level's count of kept weights is spread over layers: `scope` as `prune.scope` (per layer, or
+# per layer kind for global), `uniform` (every layer its own IMP target), `erk` (Evci et al. 2020); `data`,
+# whether it reads a training batch; `rounds`, prune-and-rescore rounds on an exponential schedule.
+METHODS: Registry[Callable] = Registry("pruning method", "lth list methods")
+_A = "trainables.at_init"
+METHODS.add("imp", "iterative magnitude pruning: prune.strategy after each training, rewind, retrain "
+                   "(Frankle & Carbin 2019); scope: prune.scope", "trainables.imp:ImpRun", at_init=False)
+METHODS.add("snip", "keep the largest |g * w|, g the loss gradient on one seeded training batch (Lee et al. 2019); "
+                    "scope: prune.scope", f"{_A}:snip", at_init=True, densities="scope", data=True, rounds=1)
+METHODS.add("grasp", "keep the largest w * Hg (GraSP removes the largest -w * Hg), Hg the Hessian-gradient product "
+                     "on one seeded batch, logits / 200 (Wang et al. 2020); scope: prune.scope", f"{_A}:grasp",
+            at_init=True, densities="scope", data=True, rounds=1)
+METHODS.add("synflow", "data-free: keep the largest |w * dR/dw|, R the summed output of |w| on an all-ones input, "
+                       "100 rounds on an exponential schedule (Tanaka et al. 2020); scope: prune.scope",
+            f"{_A}:synflow", at_init=True, densities="scope", data=False, rounds=100)
+METHODS.add("magnitude_init", "keep the largest |w| at initialisation (Frankle et al. 2021); scope: prune.scope",
+            f"{_A}:magnitude_init", at_init=True, densities="scope", data=False, rounds=1)
+METHODS.add("random_uniform", "keep random weights, each layer IMP's layer-wise target (Frankle et al. 2021's "
+                              "random pruning)", f"{_A}:random", at_init=True, densities="uniform", data=False,
+            rounds=1)
+METHODS.add("random_erk", "keep random weights, layer densities by Erdos-Renyi-Kernel, (sum of a layer's dims) / "
+                          "(their product), for IMP's total (Evci et al. 2020)", f"{_A}:random", at_init=True,
+            densities="erk", data=False, rounds=1)
+
 
 # ---------------------------------------------------------------------------------------------
 # datasets without their data
@@ -136,7 +162,7 @@ def name_problems(section: Any) -> list[tuple[str, str]]:
     elif isinstance(section, DataConfig):
         checks = [("dataset", DATASETS, [section.dataset])]
     elif isinstance(section, PruneConfig):
-        checks = [("strategy", STRATEGIES, [section.strategy])]
+        checks = [("strategy", STRATEGIES, [section.strategy]), ("method", METHODS, [section.method])]
     elif isinstance(section, ImpConfig):
         checks = [("controls", CONTROLS, list(section.controls))]
     else:

@@ -146,6 +146,7 @@ class Run:
         self.end_iter = self.iterations(cfg.train.length)
         self.eval_every = self.iterations(cfg.train.eval_every)
         self.trainings = 0  # training runs started by this object (tests count them)
+        self._architecture: nn.Module | None = None
 
     def iterations(self, duration: str) -> int:
         return to_iterations(duration, self.data.steps_per_epoch(self.cfg.train.batch_size))
@@ -175,7 +176,16 @@ class Run:
                 "warmup_iters": self.iterations(cfg.train.warmup), "rewind_iter": self.iterations(cfg.imp.rewind_iter),
                 "prune_strategy": cfg.prune.strategy, "prune_scope": cfg.prune.scope, "prune_rate": rates("linear"),
                 "prune_conv_rate": rates("conv"), "prune_output_rate": rates("output"),
-                "data_order": cfg.train.data_order, "rewind_optimizer": cfg.imp.rewind_optimizer, **self.speed()}
+                "data_order": cfg.train.data_order, "rewind_optimizer": cfg.imp.rewind_optimizer,
+                "method": cfg.prune.method, **self.speed()}
+
+    def accounting(self, mask: Mask) -> dict[str, float]:
+        """Nominal, effective and FLOPs remaining of `mask` (`trainables.sparsity`), on a CPU copy of the network."""
+        from trainables.sparsity import accounting
+
+        if self._architecture is None:
+            self._architecture = build_model(self.cfg.model, self.data.input_shape, self.data.num_classes, 0)
+        return accounting(self._architecture, mask, self.data.input_shape)
 
     def speed(self) -> dict[str, Any]:
         """How this run executes, as result-table columns (`results.SPEED_COLUMNS`)."""
@@ -205,8 +215,8 @@ class Run:
         curve = evaluator.history()  # reads results back: the run's one host sync
         seconds = time.perf_counter() - tic
         row = {**self.columns(), "order_seed": order, "level": level, "variant": variant, "weights_remaining": remaining,
-               **summarize(curve), "start_iter": begin, "end_iter": self.end_iter, "train_seconds": seconds,
-               "started_at": started, "finished_at": datetime.now(timezone.utc)}
+               **self.accounting(start.mask), **summarize(curve), "start_iter": begin, "end_iter": self.end_iter,
+               "train_seconds": seconds, "started_at": started, "finished_at": datetime.now(timezone.utc)}
         return [row], [{"level": level, "variant": variant, **h} for h in curve]
 
 

@@ -46,11 +46,12 @@ def target_kept(numel: int, rate: float, level: int) -> int:
 
 
 def _keep_top(scores: Tensor, alive: Tensor, count: int) -> Tensor:
-    """The `count` best-scoring alive entries; ties go to the lower index, so masks are reproducible."""
-    scores = torch.where(alive, scores.float(), torch.tensor(-torch.inf))
-    order = torch.sort(scores, descending=True, stable=True).indices
+    """The `count` best-scoring alive entries; ties go to the lower index, so masks are reproducible. Only the
+    alive entries are sorted (SynFlow's rounds sort ever fewer), in float64 (exact for its scores)."""
+    candidates = alive.nonzero().squeeze(1)
+    order = torch.sort(scores[candidates].double(), descending=True, stable=True).indices
     keep = torch.zeros_like(alive)
-    keep[order[:count]] = True
+    keep[candidates[order[:count]]] = True
     return keep
 
 

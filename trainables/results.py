@@ -68,6 +68,10 @@ LEVELS_SCHEMA = pa.schema([
     ("level", pa.int64()),
     ("variant", pa.string()),  # dense (level 0), ticket, or a control's name
     ("weights_remaining", pa.float64()),  # kept fraction of prunable weights
+    # kept fraction on a path from an input to an output, biases ignored (trainables.sparsity)
+    ("effective_weights_remaining", pa.float64()),
+    ("flops_remaining", pa.float64()),  # multiply-accumulates of conv and linear layers, pruned ones skipped, / dense
+    ("method", pa.string()),  # how masks were chosen: imp, or a method at initialisation (prune.method)
     ("test_accuracy", pa.float64()),  # at the end of training
     ("test_loss", pa.float64()),
     ("val_accuracy", pa.float64()),  # at the end of training: what hyperparameters are selected on

@@ -84,6 +84,9 @@ COMMANDS = (
         arg("--rule", choices=["lmc", "lth"], default="lmc",
             help="what the matching table calls matching: lmc (within the tolerance of dense, Frankle et al. "
                  "2020) or lth (no lower early-stop accuracy in no more iterations, Frankle & Carbin 2019)"),
+        arg("--x", default="weights_remaining", help="the sparsity on the x axis: weights_remaining, "
+                                                     "effective_weights_remaining (weights on an input-output "
+                                                     "path) or flops_remaining"),
         arg("--no-mlflow", action="store_true", help="do not log the report to MLflow"))),
     Command(("ui",), "start the MLflow UI on a sweep's (or a storage folder's) MLflow store", "views:ui", (
         arg("dir", nargs="?", help="a sweep folder or storage folder (default $LTH_STORAGE, else runs/sweeps)"),

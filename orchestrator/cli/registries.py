@@ -8,6 +8,7 @@ import importlib
 # What `lth list NAME` lists: every registry, imported without the code of its entries.
 REGISTRIES = {"models": "trainables.catalog:MODELS", "datasets": "trainables.catalog:DATASETS",
               "strategies": "trainables.catalog:STRATEGIES", "controls": "trainables.catalog:CONTROLS",
+              "methods": "trainables.catalog:METHODS",
               "presets": "trainables.presets:PRESETS", "kinds": "orchestrator.workflows:KINDS"}
 
 

@@ -64,7 +64,8 @@ def _resumable(run, out: Path, what: str):
 
 
 def imp(args: argparse.Namespace) -> int:
-    if (started := _start(args, "imp", "run name", run_name)) is None:
+    # IMP's workflow or, under another prune.method, the same run with masks chosen at initialisation
+    if (started := _start(args, "pruning_at_init", "run name", run_name)) is None:
         return 0
     cfg, run, out = started
     per_run = run.end_iter - run.rewind_iter

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from orchestrator import fs, sweep_folder
-from orchestrator.report.analysis import stability_summary, summary
+from orchestrator.report.analysis import X_COLUMNS, stability_summary, summary
 from orchestrator.report.figures import DEFAULT_VARIANTS, Options, Table, stability_table, summary_table
 from trainables.config import ConfigError
 from trainables.layout import RESULTS, STABILITY_SUMMARY
@@ -38,7 +38,7 @@ def results(args: argparse.Namespace) -> int:
         import csv
 
         columns = list(rows[0]) if stability.num_rows else [*keys, "level", "weights_remaining", "seeds"] + [
-            f"{v}_{s}" for v in (DENSE, *DEFAULT_VARIANTS) for s in ("mean", "std")]
+            f"{v}_{s}" for v in (DENSE, *DEFAULT_VARIANTS) for s in ("mean", "std", *X_COLUMNS[1:])]
         writer = csv.DictWriter(sys.stdout, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -71,7 +71,8 @@ def report(args: argparse.Namespace) -> int:
         return None if text is None else tuple(k.strip() for k in text.split(",") if k.strip())
 
     options = Options(group_by=keys(args.group_by), panel_by=keys(args.panel_by), accuracy=args.accuracy,
-                      variants=keys(args.variants) or DEFAULT_VARIANTS, tolerance=args.tolerance, rule=args.rule)
+                      variants=keys(args.variants) or DEFAULT_VARIANTS, tolerance=args.tolerance, rule=args.rule,
+                      x=args.x)
     parse_tolerance(options.tolerance)
     for directory in args.dirs:
         fs.check_storage(directory, write=False)

@@ -26,6 +26,8 @@ __all__ = ["Options", "Report", "ReportError", "build", "load"]
 def build(tables: Mapping[str, pa.Table], options: Options, title: str, header: str = "") -> Report:
     """Every figure and table the tables (file name -> a sweep table, possibly empty) have data for; a
     note for each one skipped."""
+    if options.x not in analysis.X_COLUMNS:
+        raise ReportError(f"--x {options.x!r}: expected one of {', '.join(analysis.X_COLUMNS)}")
     unknown = [v for v in options.variants if v not in DEFAULT_VARIANTS]
     if unknown:
         raise ReportError(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(DEFAULT_VARIANTS)}")

@@ -24,6 +24,8 @@ class ReportError(ValueError, UserError):
 
 
 SEED_KEYS = ("seed", "train.data_seed")  # replicates: averaged over, never a setting of their own
+# What a level's sparsity is measured by (`lth report --x`): nominal, on an input-output path, multiply-accumulates.
+X_COLUMNS = ("weights_remaining", "effective_weights_remaining", "flops_remaining")
 
 
 def settings(df) -> list[str]:
@@ -60,7 +62,8 @@ def stability_summary(table: pa.Table) -> Summary:
 
 def summary(table: pa.Table, column: str = "test_accuracy") -> Summary:
     """Per setting (the swept keys other than seeds) and level: mean and std over seeds of each
-    variant's `column` (`{variant}_mean`, `{variant}_std`; `dense_*` is level 0's). Level 0's dense
+    variant's `column` (`{variant}_mean`, `{variant}_std`; `dense_*` is level 0's) and its mean effective weights
+    and FLOPs remaining (`{variant}_effective_weights_remaining`, `{variant}_flops_remaining`). Level 0's dense
     network counts as the ticket at 100% of weights. Returns the setting keys and one row per
     (setting, level)."""
     df = table.to_pandas()
@@ -70,14 +73,17 @@ def summary(table: pa.Table, column: str = "test_accuracy") -> Summary:
     dense = df[df["variant"] == DENSE].groupby(keys, dropna=False)[column].agg(["mean", "std"]) \
         if keys else df[df["variant"] == DENSE][column].agg(["mean", "std"])
     df["variant"] = df["variant"].where(df["variant"] != DENSE, TICKET)  # the dense network is level 0's ticket
+    measured = [x for x in X_COLUMNS[1:] if x in df]  # tables written before these columns lack them
     grouped = df.groupby([*keys, "level", "variant"], dropna=False).agg(
-        remaining=("weights_remaining", "mean"), mean=(column, "mean"), std=(column, "std"), n=(column, "size"))
+        remaining=("weights_remaining", "mean"), mean=(column, "mean"), std=(column, "std"), n=(column, "size"),
+        **{x: (x, "mean") for x in measured})
     rows: dict[tuple, dict[str, Any]] = {}
     for index, values in grouped.iterrows():
         *setting, level, variant = index
         row = rows.setdefault((*setting, level), {**dict(zip(keys, setting)), "level": int(level),
                                                   "weights_remaining": values["remaining"], "seeds": 0})
         row[f"{variant}_mean"], row[f"{variant}_std"] = values["mean"], values["std"]
+        row |= {f"{variant}_{x}": values[x] for x in measured}  # a control's mask has its own
         if variant == TICKET:
             row["seeds"] = int(values["n"])
     for (*setting, _), row in rows.items():

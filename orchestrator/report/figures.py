@@ -19,8 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
-from orchestrator.report.analysis import RULES, ReportError, Summary, clean, groups, matching, parse_tolerance, \
-    settings
+from orchestrator.report.analysis import RULES, X_COLUMNS, ReportError, Summary, clean, groups, matching, \
+    parse_tolerance, settings
 from trainables.catalog import CONTROLS
 from trainables.results import DENSE, TICKET
 
@@ -88,6 +88,7 @@ class Options:
     accuracy: str = "test_accuracy"  # or early_stop_accuracy: the test accuracy at the early-stop iteration
     tolerance: str = "1std"  # matching: within N std of dense (over seeds) or within N accuracy points ("0.5pt")
     rule: str = "lmc"  # lmc: matching within the tolerance; lth: the LTH paper's winning-ticket criterion
+    x: str = "weights_remaining"  # or effective_weights_remaining, flops_remaining (analysis.X_COLUMNS)
 
 
 
@@ -165,9 +166,10 @@ def by_weights(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], options: 
             bands.append(Band(f"{base}: dense", first["dense_mean"] * scale,
                               None if first["dense_std"] is None else first["dense_std"] * scale, colors[setting]))
             for variant in options.variants:
-                points = sorted(((r["weights_remaining"] * 100, r[f"{variant}_mean"] * scale,
+                points = sorted(((_x(r, variant, options.x) * 100, r[f"{variant}_mean"] * scale,
                                   r.get(f"{variant}_std")) for r in setting_rows
-                                 if r.get(f"{variant}_mean") is not None), reverse=True)
+                                 if r.get(f"{variant}_mean") is not None and _x(r, variant, options.x) is not None),
+                                reverse=True)
                 if not points:
                     continue
                 errors = [None if e is None else e * scale for _, _, e in points]
@@ -176,7 +178,17 @@ def by_weights(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], options: 
                                      None if all(e is None for e in errors) else tuple(e or 0.0 for e in errors),
                                      colors[setting], variant))
         out.append(Panel(_label(panels, panel_values), tuple(series), tuple(bands)))
-    return Figure(name, title, caption, "weights remaining (%)", ylabel, tuple(out), xscale="log", invert_x=True)
+    return Figure(name, title, caption, X_LABELS[options.x], ylabel, tuple(out), xscale="log", invert_x=True)
+
+
+X_LABELS = {"weights_remaining": "weights remaining (%)",
+            "effective_weights_remaining": "effective weights remaining (%, on an input-output path)",
+            "flops_remaining": "FLOPs remaining (%, multiply-accumulates of conv and linear layers)"}
+
+
+def _x(row: Mapping[str, Any], variant: str, x: str) -> float | None:
+    """A summary row's position on the x axis for `variant` (effective and FLOPs remaining differ per mask)."""
+    return row["weights_remaining"] if x == "weights_remaining" else row.get(f"{variant}_{x}")
 
 
 def _seeds_note(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -254,13 +266,23 @@ def summary_table(summary: Summary, options: Options, long_names: bool = False) 
     keys, rows = summary
     label = _long_label if long_names else _label
     variants = [v for v in options.variants if any(r.get(f"{v}_mean") is not None for r in rows)]
+    measured = [x for x in X_COLUMNS[1:] if any(r.get(f"{TICKET}_{x}") is not None for r in rows)]  # newer tables
     return Table("summary", f"{options.accuracy.replace('_', ' ').capitalize()} per level",
-                 ("setting", "level", "remaining", "seeds", DENSE, *variants),
+                 ("setting", "level", "remaining", *(_X_HEADERS[x] for x in measured), "seeds", DENSE, *variants),
                  tuple((label(keys, [r[k] for k in keys]) or "all trials", str(r["level"]),
-                        f"{r['weights_remaining']:.1%}", str(r["seeds"]), _mean_std(r["dense_mean"], r["dense_std"]),
+                        f"{r['weights_remaining']:.1%}", *(_percent(r.get(f"{TICKET}_{x}")) for x in measured),
+                        str(r["seeds"]), _mean_std(r["dense_mean"], r["dense_std"]),
                         *(_mean_std(r.get(f"{v}_mean"), r.get(f"{v}_std")) for v in variants)) for r in rows),
                  f"Mean ± std of {options.accuracy.replace('_', ' ')} over seeds; level 0's ticket is the dense "
-                 "network.")
+                 "network. Effective: the ticket's weights on a path from input to output (biases ignored); FLOPs: "
+                 "its multiply-accumulates with pruned weights skipped, of the dense network's.")
+
+
+_X_HEADERS = {"effective_weights_remaining": "effective", "flops_remaining": "FLOPs"}
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 # ---------------------------------------------------------------------------------------------

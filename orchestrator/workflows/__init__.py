@@ -106,6 +106,9 @@ KINDS.add("imp", "iterative magnitude pruning: one IMP run per trial, reported a
 KINDS.add("stability", "linear mode connectivity: two copies trained from the network at k with different SGD noise, "
                        "the error along the line between them (Frankle et al. 2020)",
           "orchestrator.workflows.stability:STABILITY", unit="replicate")
+KINDS.add("pruning_at_init", "IMP beside pruning at initialisation: per trial, prune.method is imp (an IMP run) or a "
+                             "method choosing each level's mask before training (`lth list methods`; Frankle et al. "
+                             "2021)", "orchestrator.workflows.pruning_at_init:PRUNING_AT_INIT", unit="level")
 
 
 def workflow(kind: str) -> Workflow:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from orchestrator.workflows import MlflowMetrics, Rows, Workflow, csv_bytes, stamp
-from trainables.catalog import CONTROLS
-from trainables.config import Config
+from trainables.catalog import CONTROLS, METHODS
+from trainables.config import Config, ConfigError
 from trainables.layout import HISTORY, RESULTS
 from trainables.results import DENSE, HISTORY_SCHEMA, LEVELS_SCHEMA, TICKET, as_ticket
 
@@ -17,7 +17,7 @@ COLUMN_SPLITS = {"test_accuracy": "test", "test_loss": "test", "early_stop_accur
                  "val_loss": "val", "early_stop_val_loss": "val", "early_stop_iter": "val"}
 VALIDATION_TWIN = {"test_accuracy": "val_accuracy", "test_loss": "val_loss", "early_stop_accuracy": "val_accuracy"}
 # MLflow: `{variant}/{column}` for each of these columns, step = level.
-MLFLOW_COLUMNS = (*COLUMN_SPLITS, "train_seconds")
+MLFLOW_COLUMNS = (*COLUMN_SPLITS, "train_seconds", "effective_weights_remaining", "flops_remaining")
 # What `lth imp` prints per row: (header, width, format, column).
 _TABLE = [("level", 5, "{:>5}", "level"), ("variant", 11, "{:<11}", "variant"),
           ("remaining", 9, "{:>8.1%} ", "weights_remaining"), ("test acc", 8, "{:>8.2%}", "test_accuracy"),
@@ -73,7 +73,7 @@ def level_metrics_mlflow(rows: list[dict[str, Any]]) -> MlflowMetrics:
     for row in rows:
         for variant in {row["variant"], as_ticket(row["variant"])}:
             for column in MLFLOW_COLUMNS:
-                if row[column] is not None:
+                if row.get(column) is not None:  # tables made before a column existed lack it
                     out[(f"{variant}/{column}", row["level"])] = (float(row[column]), stamp(row))
         out[("weights_remaining", row["level"])] = (float(row["weights_remaining"]), stamp(row))
     return out
@@ -127,6 +127,9 @@ class ImpWorkflow(Workflow):
     def make_run(self, cfg, workdir, reporter, dense_dir, masks_from):
         from trainables.imp import ImpRun
 
+        if METHODS.meta(cfg.prune.method).get("at_init"):
+            raise ConfigError("prune.method", [f"{cfg.prune.method!r} chooses masks at initialisation: use `kind: "
+                                               "pruning_at_init`, which runs IMP and those methods side by side"])
         return ImpRun(cfg, workdir, reporter, dense_dir=dense_dir)
 
     def trial_metrics(self, tables: Rows, cfg: Config, search: Any) -> dict[str, Any]:

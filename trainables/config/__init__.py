@@ -96,6 +96,9 @@ class PruneConfig:
     conv_rate: float | None = ranged(None, "[0,1)", _FRACTION)  # None: `rate`; F&C 2019: Conv-2/4 10%, Conv-6 15%
     output_rate: float | None = ranged(None, "[0,1)", _FRACTION)  # None: rate / 2 (F&C 2019: output at half fc)
     exclude: tuple[str, ...] = ()  # layer-name patterns (fnmatch) never pruned; F&C 2019 §4: ResNet shortcuts, fc
+    # imp: IMP's levels; a pruning-at-initialisation method (`lth list methods`, `kind: pruning_at_init`): each
+    # level's mask chosen before training at IMP's weights remaining for that level (Frankle et al. 2021)
+    method: str = "imp"
 
     def rate_for(self, kind: str) -> float:
         """Per-level rate for a layer kind: 'conv', 'linear' or 'output'."""
