@@ -151,7 +151,7 @@ def test_a_run_at_initialisation_shares_imps_dense_run_grid_and_table(tmp_path):
     flow, dense = workflow("pruning_at_init"), tmp_path / "dense"
     rows = {}
     for method in ("imp", "synflow", "random_erk"):
-        cfg = config(**{"prune.method": method, "prune.scope": "global", "imp.controls": ["random_mask"],
+        cfg = config(**{"prune.method": method, "prune.scope": "global", "imp.controls": [],
                         "train.length": "20it", "train.eval_every": "20it"})
         flow.make_run(cfg, tmp_path / method, None, dense, None).run()
         rows[method] = pq.read_table(tmp_path / method / "results.parquet").to_pandas().sort_values(
