@@ -80,7 +80,11 @@ def test_every_problem_is_reported_with_its_key():
 @pytest.mark.parametrize("raw, key", [
     ({"data": {"dataset": "imagenet"}}, "data.dataset: unknown dataset 'imagenet'"),
     ({"data": {"shape": [3, 8, 8]}}, "data.shape: applies to dataset 'synthetic' only"),
-    ({"imp": {"controls": ["shuffle"]}}, "imp.controls: unknown control 'shuffle'"),
+    ({"imp": {"controls": ["permute"]}}, "imp.controls: unknown control 'permute'"),
+    ({"imp": {"controls": ["random_mask(start=middle)"]}}, "imp.controls: 'random_mask(start=middle)': start must be one of rewind, init, end"),
+    ({"imp": {"controls": ["reinit(begin=init)"]}}, "imp.controls: 'reinit(begin=init)': control 'reinit' has no parameter 'begin'"),
+    ({"imp": {"controls": ["random_mask", "random_mask(start=rewind)"]}}, "imp.controls: lists the same control twice"),
+    ({"imp": {"retrain": "rewinding"}}, "imp.retrain: expected one of 'rewind', 'lr_rewind', 'finetune'"),
     ({"prune": {"strategy": "smallest"}}, "prune.strategy: unknown pruning strategy 'smallest'"),
     ({"train": {"momentum": 1.0}}, "train.momentum: must be in [0, 1)"),
     ({"train": {"nesterov": True}}, "train.nesterov: applies to optimizer 'sgd' only"),
