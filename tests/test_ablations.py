@@ -212,3 +212,55 @@ def test_lth_imp_lr_rewind_with_zhous_controls_writes_start_accuracy(tmp_path):
         [(0, "dense")] + [(level, v) for level in (1, 2) for v in
                           ("ticket", "reinit_sign", "shuffle", "random_mask_global")])
     assert table.start_accuracy.between(0, 1).all() and "random_mask_global" in shown
+
+
+def ablation_table():
+    """Two seeds x three modes; accuracies chosen so every mean is known: mode offset + variant offset - level."""
+    import json
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+
+    from orchestrator import sweep_folder
+    from trainables.layout import RESULTS
+
+    rows = []
+    for m, mode in enumerate(("rewind", "lr_rewind", "finetune")):
+        for seed in (0, 1):
+            for level, variants in ((0, ["dense"]), (1, ["ticket", "reinit", "random_mask(start=end)"]),
+                                    (2, ["ticket", "reinit", "random_mask(start=end)"])):
+                for v, variant in enumerate(variants):
+                    rows.append({"sweep": "abl", "sweep_id": "x", "trial_id": f"{mode}-{seed}", "seed": seed,
+                                 "overrides": json.dumps({"imp.retrain": mode, "seed": seed}), "retrain": mode,
+                                 "level": level, "variant": variant, "weights_remaining": 0.5 ** level,
+                                 "test_accuracy": 0.9 - 0.01 * m - 0.02 * v - 0.01 * level + 0.001 * seed,
+                                 "start_accuracy": 0.1 * v + 0.001 * seed, "early_stop_iter": 100,
+                                 "finished_at": datetime(2026, 1, 1, tzinfo=timezone.utc)})
+    return pa.Table.from_pylist(rows, schema=sweep_folder.sweep_schema(RESULTS))
+
+
+def test_report_draws_a_panel_per_retraining_mode_with_every_control_and_the_start_accuracy():
+    from orchestrator import report
+    from trainables.layout import RESULTS
+
+    built = report.build({RESULTS: ablation_table()}, report.Options(), "abl")
+    accuracy = next(f for f in built.figures if f.name == "accuracy_vs_weights_remaining")
+    assert [p.title for p in accuracy.panels] == ["retrain=finetune", "retrain=lr_rewind", "retrain=rewind"]
+    for panel in accuracy.panels:
+        assert [s.variant for s in panel.series] == ["ticket", "reinit", "random_mask(start=end)"]
+    rewind = {s.variant: s for s in accuracy.panels[2].series}
+    assert rewind["reinit"].y == pytest.approx((100 * (0.9 - 0.02 - 0.01 + 0.0005), 100 * (0.9 - 0.02 - 0.02 + 0.0005)))
+    start = next(f for f in built.figures if f.name == "start_accuracy_vs_weights_remaining")
+    series = {s.variant: s for s in start.panels[0].series}
+    assert series["random_mask(start=end)"].y == pytest.approx((20.05, 20.05))
+
+
+def test_lth_results_summarises_the_start_accuracy(tmp_path, capsys, monkeypatch):
+    from orchestrator.cli import views
+
+    monkeypatch.setattr(views.sweep_folder, "read_tables", lambda directory: {
+        "results.parquet": ablation_table(), "stability_summary.parquet": ablation_table().slice(0, 0)})
+    assert views.results(SimpleNamespace(dir=str(tmp_path), format="csv", column="start_accuracy")) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("imp.retrain,level,weights_remaining,seeds,dense_mean")
+    assert "random_mask(start=end)_mean" in out.splitlines()[0]
