@@ -138,7 +138,7 @@ def test_controls_start_where_they_should(tmp_path):
     assert not torch.equal(reinit.model.state_dict()["fc1.weight"], ticket["fc1.weight"])
     assert torch.equal(random.model.state_dict()["fc1.weight"], ticket["fc1.weight"])
     assert random.mask.kept() == mask.kept() and not random.mask.equal(mask)
-    again = CONTROLS.get("reinit")(Setting(run, 1, run.rewound(mask), "rewind", "reinit")).model.state_dict()["fc1.weight"]
+    again = CONTROLS.get("reinit")(Setting(run, 1, run.rewound(mask), "rewind", "reinit")).model.fc1.weight.detach()
     assert torch.equal(again, reinit.model.state_dict()["fc1.weight"])  # seeded per level
 
 

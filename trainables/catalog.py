@@ -107,6 +107,12 @@ RETRAIN_SCHEDULES = {  # what a control's training follows under each `imp.retra
     "finetune": "the ticket's schedule: the final learning rate for as many iterations as from k to the end"}
 
 
+def from_zero(retrain: str, start: str) -> bool:
+    """Whether a training that starts at `start` runs the whole schedule from iteration 0, not from k: under
+    `imp.retrain: rewind` only, for a control starting at init or end (open_lth)."""
+    return retrain == "rewind" and start != "rewind"
+
+
 def _control_parts(text: str) -> tuple[str, dict[str, str]] | str:
     """'random_mask(start=end)' -> ('random_mask', {'start': 'end'}) with defaults filled in, or what is wrong."""
     match = re.fullmatch(r"\s*(\w+)\s*(?:\((.*)\))?\s*", str(text))

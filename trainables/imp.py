@@ -167,7 +167,8 @@ class Run:
                 "warmup_iters": self.iterations(cfg.train.warmup), "rewind_iter": self.iterations(cfg.imp.rewind_iter),
                 "prune_strategy": cfg.prune.strategy, "prune_scope": cfg.prune.scope, "prune_rate": rates("linear"),
                 "prune_conv_rate": rates("conv"), "prune_output_rate": rates("output"),
-                "data_order": cfg.train.data_order, "rewind_optimizer": cfg.imp.rewind_optimizer, "retrain": cfg.imp.retrain, **self.speed()}
+                "data_order": cfg.train.data_order, "rewind_optimizer": cfg.imp.rewind_optimizer,
+                "retrain": cfg.imp.retrain, **self.speed()}
 
     def speed(self) -> dict[str, Any]:
         """How this run executes, as result-table columns (`results.SPEED_COLUMNS`)."""
@@ -199,8 +200,9 @@ class Run:
         curve = evaluator.history()  # reads results back: the run's one host sync
         seconds = time.perf_counter() - tic
         row = {**self.columns(), "order_seed": order, "level": level, "variant": variant, "weights_remaining": remaining,
-               **summarize(curve), "start_accuracy": curve[0]["test_accuracy"], "start_iter": begin, "end_iter": self.end_iter, "train_seconds": seconds,
-               "started_at": started, "finished_at": datetime.now(timezone.utc)}
+               **summarize(curve), "start_accuracy": curve[0]["test_accuracy"], "start_iter": begin,
+               "end_iter": self.end_iter, "train_seconds": seconds, "started_at": started,
+               "finished_at": datetime.now(timezone.utc)}
         return [row], [{"level": level, "variant": variant, **h} for h in curve]
 
 

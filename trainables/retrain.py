@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainables.catalog import from_zero
 from trainables.config import TrainConfig
 from trainables.masks import Mask
 from trainables.train import Schedule, make_optimizer
@@ -62,7 +63,7 @@ def schedule(run: Any, start: str) -> tuple[int, TrainConfig]:
     mode, train = run.cfg.imp.retrain, run.cfg.train
     if mode == "finetune":
         return run.rewind_iter, final_rate(train, run.data.steps_per_epoch(train.batch_size))
-    return (run.rewind_iter if mode == "lr_rewind" or start == "rewind" else 0), train
+    return (0 if from_zero(mode, start) else run.rewind_iter), train
 
 
 def _loaded(run: Any, state: dict[str, torch.Tensor], mask: Mask) -> Start:

@@ -275,7 +275,8 @@ def summary_table(summary: Summary, options: Options, long_names: bool = False) 
     variant's mean ± std over seeds. `long_names`: settings by their full dotted keys (`lth results`)."""
     keys, rows = summary
     label = _long_label if long_names else _label
-    variants = [v for v in options.variants or found_variants(rows) if any(r.get(f"{v}_mean") is not None for r in rows)]
+    variants = [v for v in options.variants or found_variants(rows)
+                if any(r.get(f"{v}_mean") is not None for r in rows)]
     return Table("summary", f"{options.accuracy.replace('_', ' ').capitalize()} per level",
                  ("setting", "level", "remaining", "seeds", DENSE, *variants),
                  tuple((label(keys, [r[k] for k in keys]) or "all trials", str(r["level"]),

@@ -6,7 +6,7 @@ import re
 from typing import Any, Mapping
 
 from orchestrator.workflows import MlflowMetrics, Rows, Workflow, csv_bytes, stamp
-from trainables.catalog import CONTROLS
+from trainables.catalog import CONTROLS, control_spec, from_zero
 from trainables.config import Config
 from trainables.layout import HISTORY, RESULTS
 from trainables.results import DENSE, HISTORY_SCHEMA, LEVELS_SCHEMA, TICKET, as_ticket
@@ -143,8 +143,9 @@ class ImpWorkflow(Workflow):
         return ", ".join(level_line(result))
 
     def trainings(self, cfg: Config, end: int, after_k: int) -> tuple[int, int]:
+        whole = sum(from_zero(cfg.imp.retrain, control_spec(c)[1].get("start", "rewind")) for c in cfg.imp.controls)
         trainings = cfg.imp.levels * (1 + len(cfg.imp.controls))
-        return trainings, trainings * after_k
+        return trainings, (trainings - cfg.imp.levels * whole) * after_k + cfg.imp.levels * whole * end
 
     def mask_levels(self, cfg: Config) -> range:
         return range(cfg.imp.levels + 1)
