@@ -197,7 +197,7 @@ def start_accuracy_figure(summary: Summary, options: Options) -> Figure:
                       title="Test accuracy at the start, before training, vs. weights remaining",
                       ylabel="test accuracy before training (%)",
                       caption=f"Mean ± std over {_seeds_note(rows)}: each masked network where its training starts "
-                              "(Zhou et al. 2019's supermask measure, their Fig. 4); 100% is the dense network at k.")
+                              "(Zhou et al. 2019's supermask measure); 100% is the dense network at k.")
 
 
 def _seeds_note(rows: Sequence[Mapping[str, Any]]) -> str:
