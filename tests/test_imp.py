@@ -128,14 +128,17 @@ def test_controls_start_where_they_should(tmp_path):
     mask = Mask.from_state(torch.load(tmp_path / "checkpoints/level_001/mask.pt"))
     from trainables.catalog import CONTROLS
 
-    ticket = run.rewound(mask).model.state_dict()
-    reinit = CONTROLS.get("reinit")(run, 1, mask)
-    random = CONTROLS.get("random_mask")(run, 1, mask)
+    from trainables.retrain import Setting
+
+    ticket = run.rewound(mask)
+    reinit = CONTROLS.get("reinit")(Setting(run, 1, ticket, "rewind", "reinit"))
+    random = CONTROLS.get("random_mask")(Setting(run, 1, ticket, "rewind", "random_mask"))
+    ticket = ticket.model.state_dict()
     assert reinit.mask is mask
     assert not torch.equal(reinit.model.state_dict()["fc1.weight"], ticket["fc1.weight"])
     assert torch.equal(random.model.state_dict()["fc1.weight"], ticket["fc1.weight"])
     assert random.mask.kept() == mask.kept() and not random.mask.equal(mask)
-    again = CONTROLS.get("reinit")(run, 1, mask).model.state_dict()["fc1.weight"]
+    again = CONTROLS.get("reinit")(Setting(run, 1, run.rewound(mask), "rewind", "reinit")).model.fc1.weight.detach()
     assert torch.equal(again, reinit.model.state_dict()["fc1.weight"])  # seeded per level
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -70,17 +71,82 @@ _P = "trainables.pruning"
 STRATEGIES.add("magnitude", "keep the largest trained |w| (Frankle & Carbin 2019; Zhou et al.'s large_final)",
                f"{_P}:magnitude")
 STRATEGIES.add("large_init", "keep the largest |w| at the rewind point (Zhou et al. 2019)", f"{_P}:large_init")
+STRATEGIES.add("large_init_large_final", "keep the weights large both at the rewind point and trained (Zhou et al. "
+                                         "2019), scored by the worse of the two magnitude ranks so counts stay exact",
+               f"{_P}:large_init_large_final")
 STRATEGIES.add("magnitude_increase", "keep the largest |w_trained| - |w_rewound| (Zhou et al. 2019)",
                f"{_P}:magnitude_increase")
 STRATEGIES.add("movement", "keep the largest |w_trained - w_rewound| (Zhou et al. 2019)", f"{_P}:movement")
 STRATEGIES.add("random", "keep uniformly random weights (Zhou et al. 2019; a pruning-rule control)", f"{_P}:random")
 
-# Controls: (run, level, ticket mask) -> the control's starting point at the same level.
+# Controls: (controls.Setting) -> the control's starting point at the same level. Metadata `params`: each
+# parameter's allowed values, the default first. `start` has open_lth's meaning: where the weights come from
+# (init: the dense network's initial weights; rewind: its weights at k; end: the level's trained ticket) and,
+# under `imp.retrain: rewind`, where the schedule starts (k for rewind, 0 otherwise).
 CONTROLS: Registry[Callable] = Registry("control", "lth list controls")
-CONTROLS.add("reinit", "same mask, fresh random weights and optimiser, trained from the rewind iteration "
-                       "(Frankle & Carbin 2019)", "trainables.controls:reinit")
-CONTROLS.add("random_mask", "random positions with the ticket's per-layer sparsity, rewound weights "
-                            "(Frankle & Carbin 2019)", "trainables.controls:random_mask")
+_C = "trainables.controls"
+_START = ("rewind", "init", "end")
+CONTROLS.add("reinit", "the ticket's mask, fresh random weights and optimiser (Frankle & Carbin 2019); start: only "
+                       "where the schedule starts", f"{_C}:reinit", params={"start": ("rewind", "init")})
+CONTROLS.add("random_mask", "random positions with the ticket's per-layer counts, the weights at start (Frankle & "
+                            "Carbin 2019; open_lth's layer-wise random pruning; Frankle et al. 2021's layer shuffle)",
+             f"{_C}:random_mask", params={"start": _START})
+CONTROLS.add("random_mask_global", "random positions with the ticket's total count, shuffled across all prunable "
+                                   "layers, the weights at start (open_lth's global random pruning)",
+             f"{_C}:random_mask_global", params={"start": _START})
+CONTROLS.add("reinit_sign", "the ticket's mask, fresh magnitudes with the signs of the weights at start (Zhou et al. "
+                            "2019, 'reinit, keep sign')", f"{_C}:reinit_sign", params={"start": _START})
+CONTROLS.add("signed_constant", "the ticket's mask, each survivor +-std of its layer's initial weights with the sign "
+                                "of its weight at start (Zhou et al. 2019, 'signed constant')",
+             f"{_C}:signed_constant", params={"start": _START})
+CONTROLS.add("shuffle", "the ticket's mask, its surviving weights at start permuted among its surviving positions "
+                        "within each layer (Zhou et al. 2019, 'reshuffle')", f"{_C}:shuffle", params={"start": _START})
+RETRAIN_SCHEDULES = {  # what a control's training follows under each `imp.retrain`, for `lth list controls`
+    "rewind": "start=rewind trains from k, start=init or end from iteration 0 (open_lth)",
+    "lr_rewind": "the ticket's schedule: the learning rate replayed from k, whatever the start",
+    "finetune": "the ticket's schedule: the final learning rate for as many iterations as from k to the end"}
+
+
+def from_zero(retrain: str, start: str) -> bool:
+    """Whether a training that starts at `start` runs the whole schedule from iteration 0, not from k: under
+    `imp.retrain: rewind` only, for a control starting at init or end (open_lth)."""
+    return retrain == "rewind" and start != "rewind"
+
+
+def _control_parts(text: str) -> tuple[str, dict[str, str]] | str:
+    """'random_mask(start=end)' -> ('random_mask', {'start': 'end'}) with defaults filled in, or what is wrong."""
+    match = re.fullmatch(r"\s*(\w+)\s*(?:\((.*)\))?\s*", str(text))
+    if not match:
+        return f"{text!r}: expected a control's name, or name(key=value, ...) such as random_mask(start=end)"
+    name, body = match.groups()
+    if name not in CONTROLS:
+        return CONTROLS.unknown_message(name)
+    allowed = CONTROLS.meta(name).get("params", {})
+    out = {key: values[0] for key, values in allowed.items()}
+    for item in filter(str.strip, (body or "").split(",")):
+        key, _, value = (part.strip() for part in item.partition("="))
+        if key not in allowed:
+            return f"{text!r}: control {name!r} has no parameter {key!r}; it takes {', '.join(allowed) or 'none'}"
+        if value not in allowed[key]:
+            return f"{text!r}: {key} must be one of {', '.join(allowed[key])}, got {value!r}"
+        out[key] = value
+    return name, out
+
+
+def control_spec(text: str) -> tuple[str, dict[str, str]]:
+    """A control's registry name and every parameter's value; a ConfigError (one line) if it is not valid."""
+    parts = _control_parts(text)
+    if isinstance(parts, str):
+        raise ConfigError("imp.controls", [parts])
+    return parts
+
+
+def control_variant(text: str) -> str:
+    """The `variant` a control's rows carry: its name and its non-default parameters, e.g. random_mask(start=end)."""
+    name, params = control_spec(text)
+    defaults = {key: values[0] for key, values in CONTROLS.meta(name).get("params", {}).items()}
+    changed = [f"{key}={value}" for key, value in params.items() if value != defaults[key]]
+    return f"{name}({', '.join(changed)})" if changed else name
 
 # How a level's mask is chosen (`prune.method`): IMP, or a method at initialisation (`trainables.at_init`), each
 # scoring the network at the rewind point (k = 0: its initialisation) once, its highest scores kept. Metadata:
@@ -164,7 +230,12 @@ def name_problems(section: Any) -> list[tuple[str, str]]:
     elif isinstance(section, PruneConfig):
         checks = [("strategy", STRATEGIES, [section.strategy]), ("method", METHODS, [section.method])]
     elif isinstance(section, ImpConfig):
-        checks = [("controls", CONTROLS, list(section.controls))]
+        parts = [_control_parts(text) for text in section.controls]
+        problems = [("controls", p) for p in parts if isinstance(p, str)]
+        variants = [control_variant(text) for text, p in zip(section.controls, parts) if not isinstance(p, str)]
+        if len(set(variants)) != len(variants) == len(set(section.controls)):  # else ImpConfig says so
+            problems.append(("controls", f"lists the same control twice: {variants}"))
+        return problems
     else:
         checks = []
     return [(key, registry.unknown_message(name)) for key, registry, names in checks for name in names

@@ -24,17 +24,18 @@ import torch
 import yaml
 from torch import nn
 
-from trainables.catalog import CONTROLS
-from trainables.config import (DENSE_SECTIONS, PROTOCOL_CHANGES, Config, ConfigError, UserError, as_made,
-                               config_hash, dense_hash, from_dict, run_name, to_dict, to_iterations)
+from trainables.catalog import CONTROLS, control_spec, control_variant
+from trainables.config import (DENSE_SECTIONS, PROTOCOL_CHANGES, Config, ConfigError, TrainConfig, UserError,
+                               as_made, config_hash, dense_hash, from_dict, run_name, to_dict, to_iterations)
 from trainables.data import Dataset, load_dataset
 from trainables.layout import DenseLayout, RunLayout
 from trainables.masks import Mask, prunable_layers
 from trainables.models import build_model
 from trainables.pruning import prune
+from trainables.retrain import Setting, Start, schedule, ticket_start
 from trainables.results import DENSE, HISTORY_SCHEMA, LEVELS_SCHEMA, TICKET, append_rows, read_table, replacing, \
     table_of, write_atomic
-from trainables.train import Evaluation, Evaluator, evaluate, for_speed, make_optimizer, summarize, train
+from trainables.train import Evaluation, Evaluator, Schedule, evaluate, for_speed, make_optimizer, summarize, train
 
 
 class CheckpointError(RuntimeError, UserError):
@@ -65,15 +66,6 @@ class Reporter:
 
     def committed(self, unit: int, rows: dict[str, list[dict[str, Any]]]) -> None:
         """A run committed one unit (an IMP level, a stability replicate): the new rows, by table file name."""
-
-
-@dataclass
-class Start:
-    """What one training run of a level begins from."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    mask: Mask
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -177,7 +169,7 @@ class Run:
                 "prune_strategy": cfg.prune.strategy, "prune_scope": cfg.prune.scope, "prune_rate": rates("linear"),
                 "prune_conv_rate": rates("conv"), "prune_output_rate": rates("output"),
                 "data_order": cfg.train.data_order, "rewind_optimizer": cfg.imp.rewind_optimizer,
-                "method": cfg.prune.method, **self.speed()}
+                "method": cfg.prune.method, "retrain": cfg.imp.retrain, **self.speed()}
 
     def accounting(self, mask: Mask) -> dict[str, float]:
         """Nominal, effective and FLOPs remaining of `mask` (`trainables.sparsity`), on a CPU copy of the network."""
@@ -199,24 +191,27 @@ class Run:
             return self.cfg.data_seed
         return derive_seed(self.cfg.data_seed, "order", level, variant)
 
-    def train(self, level: int, variant: str, start: Start, begin: int,
-              extra: Sequence = ()) -> tuple[list[dict], list[dict]]:
-        """One training run from `start` at iteration `begin`; returns its results row and evaluation history."""
-        cfg, order = self.cfg, self.order_seed(level, variant)
+    def train(self, level: int, variant: str, start: Start, begin: int, extra: Sequence = (),
+              recipe: TrainConfig | None = None) -> tuple[list[dict], list[dict]]:
+        """One training run from `start` at iteration `begin` on `recipe`'s schedule (by default `train`'s);
+        returns its results row and evaluation history."""
+        cfg, order, recipe = self.cfg, self.order_seed(level, variant), recipe or self.cfg.train
+        schedule = Schedule.of(recipe, self.data.steps_per_epoch(recipe.batch_size))
         remaining = start.mask.weights_remaining()
         self.reporter.training(level, variant, begin, self.end_iter, remaining)
         self.trainings += 1
         evaluator = Evaluator(start.model, self.data, self.eval_every, cfg.runtime.eval_batch_size,
-                              precision=cfg.train.precision,
+                              precision=cfg.train.precision, lr=lambda it: recipe.lr * schedule.lr_factor(it),
                               on_record=lambda e: self.reporter.evaluated(level, variant, e, self.end_iter))
         started, tic = datetime.now(timezone.utc), time.perf_counter()
-        train(start.model, start.optimizer, self.data, cfg.train, data_seed=order, start=begin,
+        train(start.model, start.optimizer, self.data, recipe, data_seed=order, start=begin,
               keep_mask=start.mask.applier(start.model), callbacks=[evaluator, *extra])
         curve = evaluator.history()  # reads results back: the run's one host sync
         seconds = time.perf_counter() - tic
         row = {**self.columns(), "order_seed": order, "level": level, "variant": variant, "weights_remaining": remaining,
-               **self.accounting(start.mask), **summarize(curve), "start_iter": begin, "end_iter": self.end_iter,
-               "train_seconds": seconds, "started_at": started, "finished_at": datetime.now(timezone.utc)}
+               **self.accounting(start.mask), **summarize(curve), "start_accuracy": curve[0]["test_accuracy"],
+               "start_iter": begin, "end_iter": self.end_iter, "train_seconds": seconds, "started_at": started,
+               "finished_at": datetime.now(timezone.utc)}
         return [row], [{"level": level, "variant": variant, **h} for h in curve]
 
 
@@ -243,7 +238,7 @@ class DenseRun(Run):
         self.out = Path(out)
         self.layout = DenseLayout(self.out)
         _claim(self.layout.config, cfg, DENSE_SECTIONS, lambda c: f"dense run {dense_hash(c)}")
-        self._cached: tuple[int | None, Any] = (None, None)
+        self._cached: dict[int, Any] = {}
 
     def ensure(self, points: Sequence[int]) -> None:
         points = sorted({0, *points})  # the initial state lets any later point be recreated
@@ -271,9 +266,9 @@ class DenseRun(Run):
         return _load(path, f"The dense run in {self.out} is otherwise kept.")
 
     def state(self, point: int) -> dict[str, Any]:
-        if self._cached[0] != point:  # a run rewinds every level to the same point: read it once
-            self._cached = (point, self.load(self.layout.rewind(point)))
-        return self._cached[1]
+        if point not in self._cached:  # a run rewinds every level to the same points: read each once
+            self._cached[point] = self.load(self.layout.rewind(point))
+        return self._cached[point]
 
     def state_at(self, point: int, mask: Mask | None = None, restore_optimizer: bool = True) -> Start:
         """The dense network as it was at iteration `point`, with the optimiser's state then, or a fresh one."""
@@ -342,7 +337,10 @@ class ImpRun(Run):
         """Level 0: this run's copy of the (possibly shared) dense run's record."""
         self.dense.ensure([self.rewind_iter])
         self.trainings += self.dense.trainings
-        columns = self.columns()  # the dense row may come from a run with other pruning settings
+        # The dense row may come from a run with other pruning settings; its start is the dense network at k.
+        columns = self.columns() | {"start_accuracy": float(evaluate(
+            self.dense.state_at(self.rewind_iter).model, self.data, ("test",), self.cfg.runtime.eval_batch_size,
+            self.cfg.train.precision)["test_accuracy"])}
         rows = [row | columns for row in read_table(self.dense.layout.results, LEVELS_SCHEMA).to_pylist()]
         history = read_table(self.dense.layout.history, HISTORY_SCHEMA).to_pylist()
         _save(Mask.dense(self.new_model(self.cfg.seed), self.layers).state(), self.layout.mask(0))
@@ -350,10 +348,15 @@ class ImpRun(Run):
 
     def _level(self, level: int) -> None:
         """Train one level's variants, then checkpoint it and commit its rows."""
-        main = self.rewound(self._prune(level))
-        rows, history = self.train(level, TICKET, main, self.rewind_iter)
-        for name in self.cfg.imp.controls:  # built one at a time: only two models live at once
-            row, curve = self.train(level, name, CONTROLS.get(name)(self, level, main.mask), self.rewind_iter)
+        main = ticket_start(self, level, self._prune(level))
+        begin, recipe = schedule(self, "rewind")
+        rows, history = self.train(level, TICKET, main, begin, recipe=recipe)
+        for text in self.cfg.imp.controls:  # built one at a time: only two models live at once
+            (name, params), variant = control_spec(text), control_variant(text)
+            where = params.get("start", "rewind")
+            begin, recipe = schedule(self, where)
+            row, curve = self.train(level, variant, CONTROLS.get(name)(Setting(self, level, main, where, variant)),
+                                    begin, recipe=recipe)
             rows += row
             history += curve
         _save(main.mask.state(), self.layout.mask(level))
@@ -367,14 +370,14 @@ class ImpRun(Run):
             self.layout.weights(level - 1).unlink(missing_ok=True)
         self.reporter.committed(level, {self.layout.results.name: rows})
 
-    def _trained(self, level: int) -> dict[str, torch.Tensor]:
+    def trained(self, level: int) -> dict[str, torch.Tensor]:
         if level == 0:
             return self.dense.load(self.dense.layout.weights)
         return self._load(self.layout.weights(level))
 
     def _prune(self, level: int) -> Mask:
         """Level `level`'s mask, from the previous level's mask and trained ticket."""
-        trained = self._trained(level - 1)
+        trained = self.trained(level - 1)
         before = self.mask(level - 1)
         rewound = self.dense.state(self.rewind_iter)["model"]
         names = list(before.tensors)

@@ -24,6 +24,22 @@ def large_init(trained: Tensor, rewound: Tensor, g: torch.Generator) -> Tensor:
     return rewound.abs()
 
 
+def _rank(values: Tensor) -> Tensor:
+    """Each entry's rank among its tensor's entries, as a fraction in [0, 1) (ties by index)."""
+    flat = values.ravel()
+    ranks = torch.empty(flat.numel())
+    ranks[torch.argsort(flat, stable=True)] = torch.arange(flat.numel(), dtype=torch.float32)
+    return (ranks / flat.numel()).view_as(values)
+
+
+def large_init_large_final(trained: Tensor, rewound: Tensor, g: torch.Generator) -> Tensor:
+    """Zhou et al. keep the intersection of the top-p sets by |w_trained| and by |w_rewound|, which holds fewer than
+    p of the weights. Scoring by the lower of the two ranks keeps the intersection of the top-q sets instead, q
+    (>= p) chosen so that it holds exactly the level's count. Ranks are fractions of the layer, so in global scope
+    layers of different sizes compare."""
+    return torch.minimum(_rank(trained.abs()), _rank(rewound.abs()))
+
+
 def magnitude_increase(trained: Tensor, rewound: Tensor, g: torch.Generator) -> Tensor:
     return trained.abs() - rewound.abs()
 
@@ -76,6 +92,16 @@ def prune(mask: Mask, layers: list[Layer], trained: Mapping[str, Tensor], rewoun
         for n, part in zip(names, keep.split([l.numel for l in group])):
             out[n] = part.view_as(mask.tensors[n])
     return Mask(out)
+
+
+def random_global_like(mask: Mask, generator: torch.Generator) -> Mask:
+    """Random positions across all layers together, with the same total number kept (open_lth's global random
+    pruning): a layer may keep more or fewer than before."""
+    names = list(mask.tensors)
+    sizes = [mask.tensors[n].numel() for n in names]
+    keep = torch.zeros(sum(sizes), dtype=torch.bool)
+    keep[torch.randperm(sum(sizes), generator=generator)[: sum(int(t.sum()) for t in mask.tensors.values())]] = True
+    return Mask({n: part.view_as(mask.tensors[n]) for n, part in zip(names, keep.split(sizes))})
 
 
 def random_like(mask: Mask, generator: torch.Generator) -> Mask:

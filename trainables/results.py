@@ -16,7 +16,8 @@ from typing import Any, Iterable, Iterator, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-# The variants of a level: the dense network (level 0), the ticket, and each control by its registry name.
+# The variants of a level: the dense network (level 0), the ticket, and each control by its registry name and
+# non-default parameters (`trainables.catalog.control_variant`).
 DENSE, TICKET = "dense", "ticket"
 TWINS = "twins"  # a stability analysis's pair of copies, trained together
 
@@ -63,6 +64,7 @@ LEVELS_SCHEMA = pa.schema([
     ("prune_output_rate", pa.float64()),  # per level, the output layer (resolved)
     ("data_order", pa.string()),  # fresh (each training its own order) or replay (the dense run's)
     ("rewind_optimizer", pa.string()),  # reset (a fresh optimiser at k) or restore (the dense state at k)
+    ("retrain", pa.string()),  # imp.retrain: rewind, lr_rewind or finetune (Renda et al. 2020)
     *SPEED_COLUMNS,
     ("order_seed", pa.int64()),  # the seed this training's data order and augmentation were drawn from
     ("level", pa.int64()),
@@ -79,6 +81,7 @@ LEVELS_SCHEMA = pa.schema([
     ("early_stop_iter", pa.int64()),  # iteration of minimum validation loss
     ("early_stop_accuracy", pa.float64()),  # test accuracy there
     ("early_stop_val_loss", pa.float64()),
+    ("start_accuracy", pa.float64()),  # test accuracy before training, masked (Zhou et al.'s supermask); dense: at k
     ("start_iter", pa.int64()),  # the rewind iteration for tickets and controls
     ("end_iter", pa.int64()),
     ("train_seconds", pa.float64()),
@@ -95,6 +98,7 @@ HISTORY_SCHEMA = pa.schema([
     ("val_accuracy", pa.float64()),
     ("test_loss", pa.float64()),
     ("test_accuracy", pa.float64()),
+    ("lr", pa.float64()),  # the learning rate of the step taken from this iteration
 ])
 
 

@@ -155,6 +155,7 @@ class Evaluator:
     precision: str = "fp32"
     records: list[Evaluation] = field(default_factory=list)
     on_record: Callable[[Evaluation], None] | None = None
+    lr: Callable[[int], float] | None = None  # the schedule's learning rate for the step at an iteration; recorded
 
     def iterations(self, start: int, end: int) -> Iterable[int]:
         return [start, *range(start - start % self.every + self.every, end, self.every), end]
@@ -168,7 +169,9 @@ class Evaluator:
     def history(self) -> list[dict[str, float]]:
         values = torch.stack([torch.stack(list(r.metrics.values())) for r in self.records]).tolist()
         keys = list(self.records[0].metrics)
-        return [{"iteration": r.iteration, **dict(zip(keys, v))} for r, v in zip(self.records, values)]
+        rate = {} if self.lr is None else {"lr": self.lr}
+        return [{"iteration": r.iteration, **dict(zip(keys, v)), **{k: f(r.iteration) for k, f in rate.items()}}
+                for r, v in zip(self.records, values)]
 
 
 @torch.no_grad()

@@ -66,7 +66,9 @@ COMMANDS = (
         arg("--tracking-uri", help="log to this MLflow server from now on (default: the sweep's store)"))),
     Command(("results",), "a sweep's results: mean ± std over seeds per setting and level", "views:results", (
         arg("dir", help="the sweep folder: <storage>/<name>"),
-        arg("--format", choices=["table", "csv", "json"], default="table"))),
+        arg("--format", choices=["table", "csv", "json"], default="table"),
+        arg("--column", choices=["test_accuracy", "early_stop_accuracy", "start_accuracy"], default="test_accuracy",
+            help="what is summarised: accuracy at the end, at the early-stop iteration, or before training"))),
     Command(("report",), "figures (PNG), tables (CSV) and one HTML page from sweeps' Parquet tables; logged to "
                          "each sweep's MLflow run", "views:report", (
         arg("dirs", nargs="+", metavar="DIR", help="sweep folders (<storage>/<name>); several are drawn together, "

@@ -20,6 +20,13 @@ def _registry(name: str):
 def listing(args: argparse.Namespace) -> int:
     for entry in _registry(args.kind):
         print(f"{entry.name:<20} {entry.description}")
+        for key, values in entry.metadata.get("params", {}).items():
+            print(f"{'':<22}{key}: {' | '.join(values)} (default {values[0]}), e.g. {entry.name}({key}={values[-1]})")
+        if args.kind == "controls":
+            from trainables.catalog import RETRAIN_SCHEDULES
+
+            for mode, what in RETRAIN_SCHEDULES.items():
+                print(f"{'':<22}imp.retrain={mode}: {what}")
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from orchestrator import fs, sweep_folder
 from orchestrator.report.analysis import X_COLUMNS, stability_summary, summary
-from orchestrator.report.figures import DEFAULT_VARIANTS, Options, Table, stability_table, summary_table
+from orchestrator.report.figures import Options, Table, found_variants, stability_table, summary_table
 from trainables.config import ConfigError
 from trainables.layout import RESULTS, STABILITY_SUMMARY
 from trainables.results import DENSE
@@ -31,20 +31,20 @@ def results(args: argparse.Namespace) -> int:
     if not (stability.num_rows or levels.num_rows):
         raise ConfigError(args.dir, [f"no rows in {args.dir}/{RESULTS} (or {STABILITY_SUMMARY}): not a sweep folder, "
                                      "or no trial has finished a level yet"])
-    keys, rows = stability_summary(stability) if stability.num_rows else summary(levels)
+    keys, rows = stability_summary(stability) if stability.num_rows else summary(levels, args.column)
     if args.format == "json":
         print(json.dumps(rows, indent=1))
     elif args.format == "csv":
         import csv
 
         columns = list(rows[0]) if stability.num_rows else [*keys, "level", "weights_remaining", "seeds"] + [
-            f"{v}_{s}" for v in (DENSE, *DEFAULT_VARIANTS) for s in ("mean", "std", *X_COLUMNS[1:])]
+            f"{v}_{s}" for v in (DENSE, *found_variants(rows)) for s in ("mean", "std", *X_COLUMNS[1:])]
         writer = csv.DictWriter(sys.stdout, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     else:
-        table = stability_table((keys, rows), True) if stability.num_rows else summary_table((keys, rows), Options(),
-                                                                                             True)
+        table = stability_table((keys, rows), True) if stability.num_rows else summary_table(
+            (keys, rows), Options(accuracy=args.column), True)
         _print_table(table)
         print(f"\n{tables[name].num_rows} rows from {args.dir}/{name}; {table.caption}")
     return 0
@@ -71,8 +71,7 @@ def report(args: argparse.Namespace) -> int:
         return None if text is None else tuple(k.strip() for k in text.split(",") if k.strip())
 
     options = Options(group_by=keys(args.group_by), panel_by=keys(args.panel_by), accuracy=args.accuracy,
-                      variants=keys(args.variants) or DEFAULT_VARIANTS, tolerance=args.tolerance, rule=args.rule,
-                      x=args.x)
+                      variants=keys(args.variants), tolerance=args.tolerance, rule=args.rule, x=args.x)
     parse_tolerance(options.tolerance)
     for directory in args.dirs:
         fs.check_storage(directory, write=False)

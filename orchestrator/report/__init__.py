@@ -15,9 +15,9 @@ import pyarrow as pa
 from orchestrator import sweep_folder
 from orchestrator.report import analysis
 from orchestrator.report.analysis import ReportError
-from orchestrator.report.figures import (DEFAULT_VARIANTS, Options, Report, accuracy_figure, early_stop_figure,
+from orchestrator.report.figures import (Options, Report, accuracy_figure, early_stop_figure, found_variants,
                                          instability_figure, matching_table, path_figure, stability_table,
-                                         summary_table)
+                                         start_accuracy_figure, summary_table)
 from trainables.layout import RESULTS, STABILITY_PATH, STABILITY_SUMMARY
 
 __all__ = ["Options", "Report", "ReportError", "build", "load"]
@@ -28,17 +28,20 @@ def build(tables: Mapping[str, pa.Table], options: Options, title: str, header: 
     note for each one skipped."""
     if options.x not in analysis.X_COLUMNS:
         raise ReportError(f"--x {options.x!r}: expected one of {', '.join(analysis.X_COLUMNS)}")
-    unknown = [v for v in options.variants if v not in DEFAULT_VARIANTS]
-    if unknown:
-        raise ReportError(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(DEFAULT_VARIANTS)}")
     report = Report(title, header)
     results, path, summary = (tables.get(n) for n in (RESULTS, STABILITY_PATH, STABILITY_SUMMARY))
     if results is not None and results.num_rows:
         accuracy = analysis.summary(results, options.accuracy)  # once: the figures and tables share them
+        unknown = [v for v in options.variants or () if v not in found_variants(accuracy[1])]
+        if unknown:
+            raise ReportError(f"--variants: unknown {', '.join(unknown)} (not in these sweeps); choose from "
+                              f"{', '.join(found_variants(accuracy[1]))}")
         speed = analysis.summary(results, "early_stop_iter")
         matched = analysis.summary(results, "early_stop_accuracy") if options.rule == "lth" else accuracy
         report.figures += [accuracy_figure(accuracy, options), early_stop_figure(speed, options)]
         report.tables += [matching_table(matched, options, speed), summary_table(accuracy, options)]
+        if "start_accuracy" in results.column_names and results.column("start_accuracy").null_count < results.num_rows:
+            report.figures.append(start_accuracy_figure(analysis.summary(results, "start_accuracy"), options))
     else:
         report.notes.append(f"skipped accuracy and early-stop vs. weights remaining and the matching table: no IMP "
                             f"results ({RESULTS}); they come from IMP sweeps (`kind: imp`)")

@@ -24,9 +24,9 @@ from orchestrator.report.analysis import RULES, X_COLUMNS, ReportError, Summary,
 from trainables.catalog import CONTROLS
 from trainables.results import DENSE, TICKET
 
-DEFAULT_VARIANTS = (TICKET, *CONTROLS.names())  # the ticket and every control a sweep may have
 MAX_LINES = 4  # settings per panel before the default layout splits them into panels
 STABILITY_AXES = ("imp.rewind_iter", "stability.level")  # the x axis and the per-sparsity lines, not settings
+PANEL_FIRST = ("imp.retrain",)  # by default a panel each (Renda et al. 2020 draw each mode apart), not lines
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Table:
 class Options:
     group_by: tuple[str, ...] | None = None  # swept keys whose values make the lines; None: the layout decides
     panel_by: tuple[str, ...] | None = None  # swept keys whose values make the panels; None: the layout decides
-    variants: tuple[str, ...] = DEFAULT_VARIANTS  # which of the ticket and its controls to draw
+    variants: tuple[str, ...] | None = None  # which of the ticket and its controls to draw; None: all there are
     accuracy: str = "test_accuracy"  # or early_stop_accuracy: the test accuracy at the early-stop iteration
     tolerance: str = "1std"  # matching: within N std of dense (over seeds) or within N accuracy points ("0.5pt")
     rule: str = "lmc"  # lmc: matching within the tolerance; lth: the LTH paper's winning-ticket criterion
@@ -136,7 +136,7 @@ def layout(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], options: Opti
         return list(options.group_by), list(options.panel_by)
     if options.group_by is not None:
         return list(options.group_by), [k for k in keys if k not in options.group_by]
-    panels = list(options.panel_by or ())
+    panels = list(options.panel_by if options.panel_by is not None else [k for k in keys if k in PANEL_FIRST])
     lines = [k for k in keys if k not in panels]
     if options.panel_by is None:
         distinct = {k: len({json.dumps(r.get(k), default=str) for r in rows}) for k in lines}
@@ -157,6 +157,7 @@ def by_weights(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], options: 
     panel keys, a colour per setting, a line style per variant, a band for dense."""
     lines, panels = layout(keys, rows, options)
     colors = {setting: i for i, setting in enumerate(groups(rows, lines))}
+    variants = options.variants or found_variants(rows)
     out = []
     for panel_values, panel_rows in groups(rows, panels).items():
         series, bands = [], []
@@ -165,7 +166,7 @@ def by_weights(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], options: 
             first = setting_rows[0]
             bands.append(Band(f"{base}: dense", first["dense_mean"] * scale,
                               None if first["dense_std"] is None else first["dense_std"] * scale, colors[setting]))
-            for variant in options.variants:
+            for variant in variants:
                 points = sorted(((_x(r, variant, options.x) * 100, r[f"{variant}_mean"] * scale,
                                   r.get(f"{variant}_std")) for r in setting_rows
                                  if r.get(f"{variant}_mean") is not None and _x(r, variant, options.x) is not None),
@@ -176,7 +177,7 @@ def by_weights(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], options: 
                 series.append(Series(f"{base}: {variant}" if lines else variant, tuple(p[0] for p in points),
                                      tuple(p[1] for p in points),
                                      None if all(e is None for e in errors) else tuple(e or 0.0 for e in errors),
-                                     colors[setting], variant))
+                                     colors[setting] if len(colors) > 1 else variants.index(variant), variant))
         out.append(Panel(_label(panels, panel_values), tuple(series), tuple(bands)))
     return Figure(name, title, caption, X_LABELS[options.x], ylabel, tuple(out), xscale="log", invert_x=True)
 
@@ -191,6 +192,26 @@ def _x(row: Mapping[str, Any], variant: str, x: str) -> float | None:
     return row["weights_remaining"] if x == "weights_remaining" else row.get(f"{variant}_{x}")
 
 
+def found_variants(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The ticket and every control that `analysis.summary` rows hold: the ticket first, then the controls in
+    registry order (`lth list controls`), each name's parameter variants after it."""
+    names = {k[:-5] for r in rows for k, v in r.items() if k.endswith("_mean") and v is not None} - {DENSE}
+    order = CONTROLS.names()
+    base = lambda v: v.split("(")[0]  # noqa: E731
+    return tuple(sorted(names, key=lambda v: (v != TICKET, order.index(base(v)) if base(v) in order else len(order),
+                                              v)))
+
+
+def start_accuracy_figure(summary: Summary, options: Options) -> Figure:
+    """From `analysis.summary` of `start_accuracy`."""
+    keys, rows = summary
+    return by_weights(rows, keys, options, name="start_accuracy_vs_weights_remaining",
+                      title="Test accuracy at the start, before training, vs. weights remaining",
+                      ylabel="test accuracy before training (%)",
+                      caption=f"Mean ± std over {_seeds_note(rows)}: each masked network where its training starts "
+                              "(Zhou et al. 2019's supermask measure); 100% is the dense network at k.")
+
+
 def _seeds_note(rows: Sequence[Mapping[str, Any]]) -> str:
     seeds = sorted({r["seeds"] for r in rows})
     return f"{seeds[0]} seed(s)" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds"
@@ -203,8 +224,8 @@ def accuracy_figure(summary: Summary, options: Options) -> Figure:
     return by_weights(rows, keys, options, name="accuracy_vs_weights_remaining",
                       title=f"Test accuracy {what} vs. weights remaining", ylabel="test accuracy (%)",
                       caption=f"Mean ± std over {_seeds_note(rows)} per setting; solid: IMP ticket (100% is the "
-                              "dense network), dashed: random reinitialisation, dotted: random mask of the same "
-                              "layer-wise sparsity; the band is the dense network's mean ± std.")
+                              "dense network); each control its own dashes (`lth list controls` says what "
+                              "each is); the band is the dense network's mean ± std.")
 
 
 def early_stop_figure(summary: Summary, options: Options) -> Figure:
@@ -222,7 +243,8 @@ def matching_table(summary: Summary, options: Options, speed: Summary | None = N
     """From `analysis.summary` of `options.accuracy` (rule lmc), or of the early-stop accuracy with `speed`, the
     summary of the early-stop iteration (rule lth)."""
     keys, rows = summary
-    variants = [v for v in options.variants if any(r.get(f"{v}_mean") is not None for r in rows if r["level"] > 0)]
+    variants = [v for v in options.variants or found_variants(rows)
+                if any(r.get(f"{v}_mean") is not None for r in rows if r["level"] > 0)]
     entries = matching(keys, rows, variants, options.tolerance, options.rule, speed[1] if speed else ())
 
     def cell(found: Mapping[str, Any] | None) -> str:
@@ -265,7 +287,8 @@ def summary_table(summary: Summary, options: Options, long_names: bool = False) 
     variant's mean ± std over seeds. `long_names`: settings by their full dotted keys (`lth results`)."""
     keys, rows = summary
     label = _long_label if long_names else _label
-    variants = [v for v in options.variants if any(r.get(f"{v}_mean") is not None for r in rows)]
+    variants = [v for v in options.variants or found_variants(rows)
+                if any(r.get(f"{v}_mean") is not None for r in rows)]
     measured = [x for x in X_COLUMNS[1:] if any(r.get(f"{TICKET}_{x}") is not None for r in rows)]  # newer tables
     return Table("summary", f"{options.accuracy.replace('_', ' ').capitalize()} per level",
                  ("setting", "level", "remaining", *(_X_HEADERS[x] for x in measured), "seeds", DENSE, *variants),

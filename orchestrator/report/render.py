@@ -11,16 +11,17 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from orchestrator.report.figures import DEFAULT_VARIANTS, Figure, Report
+from orchestrator.report.figures import Figure, Report
 from trainables.results import TICKET
 
 
 def style(variant: str, variants: Sequence[str]) -> tuple[str, str]:
     """(line style, marker): the ticket (and the dense network) solid, each control its own dashes."""
-    if variant not in variants or variant == TICKET:
+    controls = [v for v in dict.fromkeys(variants) if v != TICKET]
+    if variant not in controls:
         return "-", "o"
     return [("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 3)), "P")][
-        (list(variants).index(variant) - 1) % 5]
+        controls.index(variant) % 5]
 
 
 def draw(figure: Figure):
@@ -42,7 +43,7 @@ def draw(figure: Figure):
             else:
                 ax.axhline(band.mean, color=color, alpha=0.5, lw=1, label=band.label)
         for s in panel.series:
-            dashes, marker = style(s.variant, DEFAULT_VARIANTS)
+            dashes, marker = style(s.variant, [t.variant for t in panel.series])
             ax.errorbar(s.x, s.y, yerr=s.err, label=s.label, color=palette[s.color % 10], ls=dashes, marker=marker,
                         ms=3.5, capsize=2.5, lw=1.3)
         for label, y in panel.hlines:

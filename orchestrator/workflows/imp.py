@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from orchestrator.workflows import MlflowMetrics, Rows, Workflow, csv_bytes, stamp
-from trainables.catalog import CONTROLS, METHODS
+from trainables.catalog import CONTROLS, METHODS, control_spec, from_zero
 from trainables.config import Config, ConfigError
 from trainables.layout import HISTORY, RESULTS
 from trainables.results import DENSE, HISTORY_SCHEMA, LEVELS_SCHEMA, TICKET, as_ticket
@@ -17,16 +18,23 @@ COLUMN_SPLITS = {"test_accuracy": "test", "test_loss": "test", "early_stop_accur
                  "val_loss": "val", "early_stop_val_loss": "val", "early_stop_iter": "val"}
 VALIDATION_TWIN = {"test_accuracy": "val_accuracy", "test_loss": "val_loss", "early_stop_accuracy": "val_accuracy"}
 # MLflow: `{variant}/{column}` for each of these columns, step = level.
-MLFLOW_COLUMNS = (*COLUMN_SPLITS, "train_seconds", "effective_weights_remaining", "flops_remaining")
+MLFLOW_COLUMNS = (*COLUMN_SPLITS, "start_accuracy", "train_seconds", "effective_weights_remaining",
+                  "flops_remaining")
 # What `lth imp` prints per row: (header, width, format, column).
-_TABLE = [("level", 5, "{:>5}", "level"), ("variant", 11, "{:<11}", "variant"),
+_TABLE = [("level", 5, "{:>5}", "level"), ("variant", 24, "{:<24}", "variant"),
           ("remaining", 9, "{:>8.1%} ", "weights_remaining"), ("test acc", 8, "{:>8.2%}", "test_accuracy"),
           ("test loss", 9, "{:>9.4f}", "test_loss"), ("es iter", 7, "{:>7}", "early_stop_iter"),
           ("es acc", 7, "{:>7.2%}", "early_stop_accuracy"), ("seconds", 7, "{:>7.1f}", "train_seconds")]
 
 
 def variants() -> tuple[str, ...]:
+    """The variants with default parameters; a control with others is named by `catalog.control_variant`."""
     return (TICKET, DENSE, *CONTROLS.names())
+
+
+def mlflow_name(variant: str) -> str:
+    """A variant as MLflow allows in a metric name: random_mask(start=end) -> random_mask.start-end."""
+    return re.sub(r"[^\w./ -]", "", variant.replace("(", ".").replace("=", "-").replace(", ", "."))
 
 
 def level_summary(rows: list[dict[str, Any]], level: int) -> dict[str, Any]:
@@ -60,9 +68,9 @@ def level_line(result: Mapping[str, Any]) -> list[str]:
     parts = [f"level {result['level']}"]
     if "weights_remaining" in result:
         parts.append(f"{result['weights_remaining']:.1%} remaining")
-    for variant in (TICKET, *CONTROLS.names()):
-        if result.get(f"{variant}_test_accuracy") is not None:
-            parts.append(f"{variant} {result[f'{variant}_test_accuracy']:.2%}")
+    for key, value in result.items():
+        if key.endswith("_test_accuracy") and key != f"{DENSE}_test_accuracy" and value is not None:
+            parts.append(f"{key[:-len('_test_accuracy')]} {value:.2%}")
     return parts
 
 
@@ -74,7 +82,7 @@ def level_metrics_mlflow(rows: list[dict[str, Any]]) -> MlflowMetrics:
         for variant in {row["variant"], as_ticket(row["variant"])}:
             for column in MLFLOW_COLUMNS:
                 if row.get(column) is not None:  # tables made before a column existed lack it
-                    out[(f"{variant}/{column}", row["level"])] = (float(row[column]), stamp(row))
+                    out[(f"{mlflow_name(variant)}/{column}", row["level"])] = (float(row[column]), stamp(row))
         out[("weights_remaining", row["level"])] = (float(row["weights_remaining"]), stamp(row))
     return out
 
@@ -85,7 +93,7 @@ def accuracy_plot(rows: list[dict[str, Any]], title: str) -> bytes:
     from orchestrator.report.render import png
 
     lines = []
-    for variant in (TICKET, *CONTROLS.names()):
+    for variant in dict.fromkeys([TICKET, *(r["variant"] for r in rows if r["variant"] != DENSE)]):
         points = sorted(((r["weights_remaining"] * 100, r["test_accuracy"] * 100) for r in rows
                          if as_ticket(r["variant"]) == variant), reverse=True)
         if points:
@@ -139,8 +147,9 @@ class ImpWorkflow(Workflow):
         return ", ".join(level_line(result))
 
     def trainings(self, cfg: Config, end: int, after_k: int) -> tuple[int, int]:
+        whole = sum(from_zero(cfg.imp.retrain, control_spec(c)[1].get("start", "rewind")) for c in cfg.imp.controls)
         trainings = cfg.imp.levels * (1 + len(cfg.imp.controls))
-        return trainings, trainings * after_k
+        return trainings, (trainings - cfg.imp.levels * whole) * after_k + cfg.imp.levels * whole * end
 
     def mask_levels(self, cfg: Config) -> range:
         return range(cfg.imp.levels + 1)

@@ -115,11 +115,16 @@ class ImpConfig:
 
     levels: int = ranged(15, ">=0")  # Frankle & Carbin 2019, §2: 15-30 levels; 0.8^15 = 3.5% remaining
     rewind_iter: str = duration("0it")  # 0: original init (F&C 2019); k > 0: late rewinding (Frankle et al. 2020)
-    controls: tuple[str, ...] = ()  # `lth list controls`; reinit and random_mask: Frankle & Carbin 2019, §2-§4
+    # `lth list controls`; reinit and random_mask: Frankle & Carbin 2019, §2-§4. A control with parameters is
+    # written name(key=value, ...), e.g. random_mask(start=end); trainables.catalog checks names and parameters
+    controls: tuple[str, ...] = ()
     keep_weights: Literal["last", "all"] = "last"  # trained weights of every level, or of the latest only
     # reset: every variant starts at k with a fresh optimiser, schedule position kept (open_lth); restore: the
     # dense optimiser's state at k for every variant that starts from rewound weights (before 2026-12)
     rewind_optimizer: Literal["reset", "restore"] = "reset"
+    # rewind: weights and schedule back to k (F&C 2019, Frankle et al. 2020); lr_rewind: the previous level's
+    # trained weights, the schedule replayed from k; finetune: trained weights at the final rate (Renda et al. 2020)
+    retrain: Literal["rewind", "lr_rewind", "finetune"] = "rewind"
 
     def problems(self) -> list[tuple[str, str]]:
         twice = len(set(self.controls)) != len(self.controls)
