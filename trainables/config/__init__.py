@@ -28,6 +28,8 @@ class ModelConfig:
     init: Literal["glorot_normal", "glorot_uniform", "kaiming_normal", "kaiming_uniform"] = (
         "glorot_normal")  # Frankle & Carbin 2019, §2: Gaussian Glorot initialisation
     bn_init: Literal["ones", "uniform"] = "ones"  # BatchNorm weights: 1 (F&C 2019); U[0, 1) (LMC code, open_lth)
+    # Every hidden layer's units or channels times this; 1: the papers' nets (Git Re-Basin, Entezari et al.: wider)
+    width: float = ranged(1.0, ">0")
 
 
 @dataclass(frozen=True)
