@@ -3,6 +3,7 @@ and activation matching recovering a random permutation exactly; refusal of mode
 
 import copy
 import functools
+import math
 
 import pytest
 import torch
@@ -10,12 +11,18 @@ from torch import nn
 
 from trainables.alignment import (NotCoveredError, activation_matching, describe, permute, permute_mask,
                                   random_permutation, weight_matching)
-from trainables.config import ModelConfig
+from orchestrator.workflows.stability import STABILITY
+from trainables.catalog import MODELS
+from trainables.config import ConfigError, ModelConfig
 from trainables.data import load_dataset
+from trainables.layout import AnalysisLayout
 from trainables.masks import Mask
 from trainables.models import build_model
-from trainables.stability import alpha_grid, instability, path_metrics
-from tests.test_stability import config, random_mask
+from trainables.registry import Entry
+from trainables.repair import Repair, statistics
+from trainables.stability import StabilityRun, alpha_grid, instability, interpolate, path_metrics
+from trainables.train import make_optimizer, train
+from tests.test_stability import SPLITS, config, random_mask
 
 FAMILIES = {"lenet_300_100": (1, 8, 8), "conv4": (3, 8, 8), "vgg11": (3, 16, 16), "resnet20": (3, 8, 8)}
 
@@ -152,3 +159,87 @@ def test_a_model_the_description_does_not_cover_is_refused_in_one_line(model, wh
         describe(model)
     assert what in str(error.value) and "stability.align: none" in str(error.value)
     assert "\n" not in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# REPAIR and the stability analysis
+
+
+def trained_pair(cfg):
+    data = load_dataset(cfg.data)
+    ends = []
+    for seed in (0, 1):
+        model = build_model(cfg.model, data.input_shape, data.num_classes, seed)
+        train(model, make_optimizer(model, cfg.train), data, cfg.train, data_seed=seed)
+        ends.append(model.state_dict())
+    return data, ends
+
+
+@pytest.mark.parametrize("arch", ["lenet_300_100", "resnet20"])
+def test_repair_leaves_the_ends_exactly_and_gives_the_middle_the_interpolated_statistics(arch):
+    cfg = config(**{"model.arch": arch, "model.width": 0.25, "data.shape": [3, 8, 8], "train.length": "20it"})
+    data, ends = trained_pair(cfg)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, 2)
+    batches = data.train_batches(30, 5)
+    repair = Repair(model, ends, batches, 3)
+    points = alpha_grid(3)
+    plain = path_metrics(model, ends, data, points, SPLITS, 1000)
+    repaired = path_metrics(model, ends, data, points, SPLITS, 1000, repair)
+    for key in plain:
+        assert (repaired[key][0], repaired[key][-1]) == (plain[key][0], plain[key][-1])  # exactly
+        assert repaired[key][1] != plain[key][1]
+    model.load_state_dict(interpolate(*ends, 0.5))
+    hooks = repair(model, 0.5)
+    seen = statistics(model, model.state_dict(), repair.points, batches, 3)  # measured with the corrections on
+    for hook in hooks:
+        hook.remove()
+    for point in repair.points:
+        (mean_a, std_a), (mean_b, std_b) = repair.ends[0][point], repair.ends[1][point]
+        mean, std = seen[point]
+        assert torch.allclose(mean, (mean_a + mean_b) / 2, atol=0.05 * std.max().item())
+        assert torch.allclose(std, (std_a + std_b) / 2, rtol=0.05, atol=1e-3)
+    assert len(repair.points) == (2 if arch.startswith("lenet") else 21)  # hidden layers, BatchNorm outputs
+    assert all(p.split(".")[-1].startswith("bn") or "shortcut" in p or not arch.startswith("res")
+               for p in repair.points)
+
+
+def gated(input_shape, num_classes, width=1.0):
+    model = Gated()
+    model.fc1, model.fc = nn.Linear(math.prod(input_shape), 8), nn.Linear(8, num_classes)
+    return model
+
+
+def test_aligning_a_model_the_description_does_not_cover_is_refused_before_anything_trains(tmp_path, monkeypatch):
+    monkeypatch.setitem(MODELS._entries, "gated", Entry("gated", "tanh MLP", gated, {}))
+    cfg = config(**{"model.arch": "gated", "stability.align": "weights"})
+    with pytest.raises(NotCoveredError, match="Gated: call_function tanh at 'tanh' is not covered"):
+        StabilityRun(cfg, tmp_path)
+    assert not AnalysisLayout(tmp_path).dense.trained()
+    StabilityRun(cfg.with_updates({"stability.align": "none"}), tmp_path / "plain")  # not aligned: accepted
+
+
+def test_the_new_keys_check_their_values():
+    assert config(**{"stability.bn": "repair", "stability.bn_batches": 4}).stability.bn_batches == 4
+    for key, value, message in [("stability.bn_batches", 4, "applies to bn 'recompute' only, or 'repair'"),
+                                ("stability.pair", "twins", "expected one of 'sgd_noise', 'independent'"),
+                                ("stability.align", "yes", "expected one of 'none', 'weights', 'activations'"),
+                                ("model.width", 0, "must be positive")]:
+        with pytest.raises(ConfigError, match=message):
+            config(**{key: value})
+
+
+@pytest.mark.slow
+def test_independent_tickets_aligned_and_repaired_end_to_end(tmp_path):
+    cfg = config(**{"stability.level": 1, "stability.pair": "independent", "stability.align": "weights",
+                    "stability.bn": "repair", "stability.replicates": 1, "prune.rate": 0.5, "model.width": 0.5})
+    run = StabilityRun(cfg, tmp_path)
+    rows = run.run().to_pylist()
+    assert run.trainings == 2 * 2 + 1  # each network: dense run, one IMP level; then the pair
+    layout = AnalysisLayout(tmp_path)
+    assert layout.partner.dense.trained() and layout.partner.imp.finished_levels() == [0, 1]
+    mine, theirs = (Mask.from_state(torch.load(l.imp.mask(1), weights_only=True)) for l in (layout, layout.partner))
+    assert not mine.equal(theirs)  # each network its own ticket
+    for row in rows:
+        assert (row["pair"], row["align"], row["width"], row["bn"]) == ("independent", "weights", 0.5, "repair")
+        assert row["weights_remaining"] < row["union_remaining"] < 1  # the union of two different masks
+    assert STABILITY.trainings(cfg, 60, 50) == (run.trainings, 4 * 50 + 60)

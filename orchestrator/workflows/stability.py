@@ -128,6 +128,8 @@ class StabilityWorkflow(Workflow):
 
     def trainings(self, cfg: Config, end: int, after_k: int) -> tuple[int, int]:
         trainings = cfg.stability.level + 2 * cfg.stability.replicates  # IMP up to L (no controls), then pairs
+        if cfg.stability.pair == "independent":  # the second network's own dense run (never shared) and IMP run
+            return trainings + 1 + cfg.stability.level, (trainings + cfg.stability.level) * after_k + end
         return trainings, trainings * after_k
 
     def mask_levels(self, cfg: Config) -> range:
