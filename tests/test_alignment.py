@@ -180,7 +180,7 @@ def test_repair_leaves_the_ends_exactly_and_gives_the_middle_the_interpolated_st
     cfg = config(**{"model.arch": arch, "model.width": 0.25, "data.shape": [3, 8, 8], "train.length": "20it"})
     data, ends = trained_pair(cfg)
     model = build_model(cfg.model, data.input_shape, data.num_classes, 2)
-    batches = data.train_batches(30, 5)
+    batches = data.train_batches(150, 5)  # large batches: averaged batch statistics near the pooled ones
     repair = Repair(model, ends, batches, 3)
     points = alpha_grid(3)
     plain = path_metrics(model, ends, data, points, SPLITS, 1000)
@@ -197,7 +197,7 @@ def test_repair_leaves_the_ends_exactly_and_gives_the_middle_the_interpolated_st
         (mean_a, std_a), (mean_b, std_b) = repair.ends[0][point], repair.ends[1][point]
         mean, std = seen[point]
         assert torch.allclose(mean, (mean_a + mean_b) / 2, atol=0.05 * std.max().item())
-        assert torch.allclose(std, (std_a + std_b) / 2, rtol=0.05, atol=1e-3)
+        assert torch.allclose(std, (std_a + std_b) / 2, rtol=0.08, atol=1e-3)
     assert len(repair.points) == (2 if arch.startswith("lenet") else 21)  # hidden layers, BatchNorm outputs
     assert all(p.split(".")[-1].startswith("bn") or "shortcut" in p or not arch.startswith("res")
                for p in repair.points)

@@ -326,6 +326,31 @@ def path_figure(table: pa.Table, options: Options) -> Figure:
                   "interpolation α", "error (%)", tuple(out))
 
 
+ALIGNMENT_KEYS = ("model.width", "stability.align", "stability.pair")  # a sweep of any: the barrier against width
+
+
+def alignment_figure(summary: Summary, options: Options) -> Figure:
+    """From `analysis.stability_summary`: the barrier against the width multiplier, one line per other setting
+    (which pair, how aligned, BatchNorm mode): before alignment (align none) and after, side by side."""
+    keys, rows = summary
+    lines, panels = layout([k for k in keys if k not in (*STABILITY_AXES, "model.width")], rows, options)
+    out = []
+    for (split, *panel_values), panel_rows in groups(rows, ["split", *panels]).items():
+        series = []
+        for setting, line_rows in groups(panel_rows, lines).items():
+            points = sorted((float(r.get("model.width") or 1.0), r["instability_mean"] * 100,
+                             (r["instability_std"] or 0.0) * 100) for r in line_rows)
+            errors = tuple(p[2] for p in points)
+            series.append(Series(_label(lines, setting) or "all trials", tuple(p[0] for p in points),
+                                 tuple(p[1] for p in points), errors if any(errors) else None, len(series)))
+        out.append(Panel(", ".join(filter(None, [f"{split} error", _label(panels, panel_values)])), tuple(series)))
+    return Figure("barrier_vs_width", "Barrier vs. width, before and after alignment",
+                  "The barrier (instability) between the two networks against the width multiplier (model.width), mean "
+                  "± std over pairs and seeds; align=none is before alignment (Entezari et al. 2022; Ainsworth et al. "
+                  "2023: barriers fall with width and vanish after permutation).",
+                  "width multiplier", "barrier (%)", tuple(out), xscale="log")
+
+
 def stability_table(summary: Summary, long_names: bool = False) -> Table:
     """From `analysis.stability_summary`. `long_names`: settings by their full dotted keys (`lth results`)."""
     keys, rows = summary
