@@ -108,8 +108,8 @@ def test_unknown_arch_lists_known_names():
 
 @pytest.mark.parametrize("arch", MODELS.names())
 def test_width_scales_every_hidden_layer_and_keeps_inputs_and_outputs(arch):
-    base = build_model(ModelConfig(arch=arch), natural_shape(arch), 10, 0)
-    wide = build_model(ModelConfig(arch=arch, width=2), natural_shape(arch), 10, 0)
+    base = build_model(ModelConfig(arch=arch, width=0.25), natural_shape(arch), 10, 0)  # small: a fast test
+    wide = build_model(ModelConfig(arch=arch, width=0.5), natural_shape(arch), 10, 0)
     narrow, broad = prunable(base), prunable(wide)
     assert narrow.keys() == broad.keys()
     for name, m in narrow.items():
