@@ -32,12 +32,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
 from trainables.alignment import activation_matching, describe, permute, permute_mask, weight_matching
+from trainables.catalog import MODELS
 from trainables.config import Config, TrainConfig, config_hash, stability_hash
 from trainables.data import Dataset
 from trainables.imp import DenseRun, ImpRun, Reporter, Run, Start, _claim, derive_seed
 from trainables.layout import AnalysisLayout
 from trainables.masks import Mask
-from trainables.models import build_model
 from trainables.repair import Repair
 from trainables.results import STABILITY_PATH_SCHEMA, STABILITY_SUMMARY_SCHEMA, TWINS, append_rows, read_table, \
     write_atomic
@@ -260,8 +260,10 @@ class StabilityRun(Run):
             dense = DenseRun(other, self.layout.partner.dense.root, reporter, self.data)
             self.partner = (dense, ImpRun(other.with_updates({"imp.levels": level, "imp.controls": []}),
                                           self.layout.partner.imp.root, reporter, dense.out, self.data) if level else None)
-        if cfg.stability.align != "none":  # refused before anything trains
-            describe(build_model(cfg.model, self.data.input_shape, self.data.num_classes, cfg.seed))
+        if cfg.stability.align != "none":  # refused before anything trains; on the meta device: shapes only
+            with torch.device("meta"):
+                describe(MODELS.get(cfg.model.arch)(tuple(self.data.input_shape), self.data.num_classes,
+                                                    width=cfg.model.width))
 
     def finished_replicates(self) -> list[int]:
         return self.layout.finished_replicates()
