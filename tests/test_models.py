@@ -104,3 +104,17 @@ def test_unknown_arch_lists_known_names():
     with pytest.raises(UnknownNameError, match="resnet20") as info:
         build_model(ModelConfig(arch="resnet18"), (3, 32, 32), 10, 0)
     assert all(name in str(info.value) for name in MODELS.names())
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_width_scales_every_hidden_layer_and_keeps_inputs_and_outputs(arch):
+    base = build_model(ModelConfig(arch=arch, width=0.25), natural_shape(arch), 10, 0)  # small: a fast test
+    wide = build_model(ModelConfig(arch=arch, width=0.5), natural_shape(arch), 10, 0)
+    narrow, broad = prunable(base), prunable(wide)
+    assert narrow.keys() == broad.keys()
+    for name, m in narrow.items():
+        out, inp = m.weight.shape[:2]
+        assert broad[name].weight.shape[0] == (out if name == "fc" else 2 * out)
+        assert broad[name].weight.shape[1] in ((inp,) if m is next(iter(narrow.values())) else (2 * inp,))
+    with torch.no_grad():
+        assert wide(torch.randn(2, *natural_shape(arch))).shape == (2, 10)

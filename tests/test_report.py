@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from orchestrator import fs, report, sweep_folder
-from orchestrator.report import analysis, figures, render
+from orchestrator.report import analysis, figures, render, stability_figures
 from orchestrator.tracking import client as tracking
 from trainables.layout import RESULTS, STABILITY_PATH, STABILITY_SUMMARY
 from orchestrator.cli import main
@@ -156,7 +156,7 @@ def test_layout_splits_many_settings_into_panels_and_checks_the_keys():
 
 def test_instability_figure_per_sparsity_on_a_log_k_axis_with_the_threshold():
     summary, _ = stability_tables()
-    figure = figures.instability_figure(analysis.stability_summary(summary), report.Options())
+    figure = stability_figures.instability_figure(analysis.stability_summary(summary), report.Options())
     assert [p.title for p in figure.panels] == ["test error", "train error"]
     assert figure.xscale == "symlog" and figure.linthresh == 100  # k = 0 has a place on the log axis
     series = {s.label: s for s in figure.panels[0].series}
@@ -174,7 +174,7 @@ def test_instability_figure_per_sparsity_on_a_log_k_axis_with_the_threshold():
 
 def test_error_along_the_path_has_a_line_per_k():
     _, path = stability_tables()
-    figure = figures.path_figure(path, report.Options())
+    figure = stability_figures.path_figure(path, report.Options())
     assert [p.title for p in figure.panels] == ["dense, test error", "dense, train error",
                                                "level 2 (64.0% remaining), test error",
                                                "level 2 (64.0% remaining), train error"]
@@ -271,3 +271,29 @@ def test_the_lmc_and_lth_matching_rules_on_a_three_seed_table():
     assert f"<p class='rule'>{html.escape(lth.rule)}</p>" in page
     with pytest.raises(report.ReportError, match="--rule 'lmcc'"):
         analysis.matching([], accuracy[1], ["ticket"], "1std", "lmcc")
+
+
+def test_the_barrier_against_width_per_alignment_before_and_after():
+    rows = []
+    for width in (1, 2, 4):
+        for align, barrier in (("none", 0.3), ("weights", 0.1 / width)):
+            for seed in SEEDS:
+                rows += [{"sweep": "align", "sweep_id": "g1", "trial_id": f"{width}-{align}-{seed}", "seed": seed,
+                          "overrides": json.dumps({"model.width": width, "stability.align": align, "seed": seed}),
+                          "level": 0, "rewind_iter": 0, "weights_remaining": 1.0, "replicate": 0, "split": "test",
+                          "error_1": 0.1, "error_2": 0.1, "instability": barrier + OFFSET[seed], "threshold": 0.02,
+                          "stable": False, "pair": "independent", "align": align, "width": float(width),
+                          "finished_at": WHEN}]
+    summary = analysis.stability_summary(summary_table(rows))
+    figure = stability_figures.alignment_figure(summary, report.Options())
+    (panel,) = figure.panels
+    assert figure.xlabel == "width multiplier" and panel.title == "test error"
+    assert [s.label for s in panel.series] == ["align=none", "align=weights"]
+    assert panel.series[0].x == (1.0, 2.0, 4.0) and panel.series[0].y == pytest.approx((30, 30, 30))
+    assert panel.series[1].y == pytest.approx((10, 5, 2.5)) and panel.series[1].err == pytest.approx((1, 1, 1))
+    names = [f.name for f in report.build({STABILITY_SUMMARY: summary_table(rows)}, report.Options(), "t").figures]
+    assert "barrier_vs_width" in names
+
+
+def summary_table(rows):
+    return pa.Table.from_pylist(rows, schema=sweep_folder.sweep_schema(STABILITY_SUMMARY))

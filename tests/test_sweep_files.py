@@ -223,3 +223,27 @@ def test_the_ablation_study_crosses_retraining_modes_and_controls_on_a_decaying_
     # Under 15 minutes on 2 cores at ~4 core-seconds per 1,500-iteration LeNet training on mnist5k.
     iterations, dense, trainings = total_iterations(spec, spec.grid())
     assert (dense + trainings) * 4.0 / 2 < 15 * 60
+
+
+def test_the_alignment_sweeps_compare_alignments_across_widths():
+    lenet, resnet = (_configs(_load(f"alignment_{n}.yaml")) for n in ("lenet", "resnet20"))
+    for configs, widths in ((lenet, [1, 2, 4]), (resnet, [1, 2, 4, 8])):
+        assert sorted({c.model.width for c in configs}) == widths
+        assert {c.stability.align for c in configs if c.stability.pair == "independent"} == {
+            "none", "weights", "activations"}
+        assert all(c.imp.rewind_iter == "0it" and c.stability.level == 0 for c in configs)
+    assert {(c.stability.pair, c.stability.align) for c in lenet} >= {("sgd_noise", "none"), ("independent", "none")}
+    assert sorted({c.seed for c in lenet}) == [0, 1] and {c.data.dataset for c in lenet} == {"mnist5k"}
+    header = (SWEEPS / "alignment_lenet.yaml").read_text().split("\nname:")[0]
+    assert "SCALED-DOWN CPU ANALOGUE" in header and "docs/alignment.md" in header
+    # Under 20 minutes on 2 cores at ~4 core-seconds per 1,500 LeNet iterations, a training's cost growing at
+    # most with the square of the width (the 300 x 100 layer).
+    spec = _load("alignment_lenet.yaml")
+    cost = sum(total_iterations(spec, [t])[0] * spec.trial_config(t).model.width ** 2 for t in spec.grid())
+    assert cost * 4.0 / 1500 / 2 < 20 * 60
+    resnet_values = {**SGD_CIFAR, **LMC_INIT, **LMC_STABILITY, "stability.replicates": 1, "model.arch": "resnet20",
+                     "train.lr": 0.1, "train.batch_size": 128, "it:train.length": 62_400,
+                     "it:train.milestones[]": [31_200, 46_800], "stability.pair": "independent"}
+    for key, expected in resnet_values.items():
+        assert all(_get(c, key) == expected for c in resnet), key
+    assert {c.stability.bn for c in resnet} == {"interpolate", "recompute", "repair"}

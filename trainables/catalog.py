@@ -23,7 +23,7 @@ from trainables.config import (Config, ConfigError, DataConfig, ImpConfig, Model
 from trainables.presets import PRESETS
 from trainables.registry import Registry
 
-# Builders: (input_shape (C, H, W), num_classes) -> an nn.Module on the meta device's terms.
+# Builders: (input_shape (C, H, W), num_classes, width=model.width) -> an nn.Module on the meta device's terms.
 MODELS: Registry[Callable] = Registry("architecture", "lth list models")
 _M = "trainables.models"
 MODELS.add("lenet_300_100", "LeNet-300-100 (Frankle & Carbin 2019, Fig. 2); 266K weights on MNIST",

@@ -39,6 +39,7 @@ STABILITY_PATH = "stability.parquet"
 STABILITY_SUMMARY = "stability_summary.parquet"  # the commit record of an analysis
 MANIFEST = "manifest.json"
 DENSE_DIR, IMP_DIR = "dense", "imp"
+PARTNER_DIR = "independent"  # an analysis's second network (stability.pair: independent)
 # What one row-group appended to a commit record stands for: a run commits a level, an analysis a replicate.
 COMMIT_UNITS = {RESULTS: "level", STABILITY_SUMMARY: "replicate"}
 
@@ -104,6 +105,11 @@ class AnalysisLayout:
         self.path, self.summary = self.root / STABILITY_PATH, self.root / STABILITY_SUMMARY
         self.dense = DenseLayout(self.root / DENSE_DIR)
         self.imp = RunLayout(self.root / IMP_DIR)
+
+    @property
+    def partner(self) -> AnalysisLayout:
+        """The second network's dense and IMP runs (stability.pair: independent)."""
+        return AnalysisLayout(self.root / PARTNER_DIR)
 
     def finished_replicates(self) -> list[int]:
         return sorted(set(column(self.summary, "replicate")))

@@ -102,6 +102,13 @@ HISTORY_SCHEMA = pa.schema([
 ])
 
 
+# Which two networks a stability analysis joins (`trainables.stability`).
+ALIGNMENT_COLUMNS = [
+    ("pair", pa.string()),  # sgd_noise (copies of one network) or independent (two initialisations)
+    ("align", pa.string()),  # none, weights or activations: how the second end was permuted onto the first
+    ("width", pa.float64()),  # model.width: the hidden layers' multiplier
+]
+
 # Linear mode connectivity (`trainables.stability`): one row per replicate, alpha and split of an analysis.
 STABILITY_PATH_SCHEMA = pa.schema([
     ("run_name", pa.string()),  # the analysis: arch-dataset-stability_hash
@@ -119,7 +126,8 @@ STABILITY_PATH_SCHEMA = pa.schema([
     ("split", pa.string()),  # train, val or test
     ("error", pa.float64()),  # 1 - accuracy
     ("loss", pa.float64()),  # mean cross-entropy
-    ("bn", pa.string()),  # BatchNorm statistics: interpolate or recompute
+    ("bn", pa.string()),  # statistics along the path: interpolate, recompute (RESET) or repair (REPAIR)
+    *ALIGNMENT_COLUMNS,
     ("finished_at", pa.timestamp("ms", tz="UTC")),
 ])
 
@@ -148,7 +156,9 @@ STABILITY_SUMMARY_SCHEMA = pa.schema([
     ("alpha_points", pa.int64()),
     *SPEED_COLUMNS,
     ("bn", pa.string()),
-    ("bn_batches", pa.int64()),  # batches BatchNorm statistics were re-estimated on; null for interpolate
+    ("bn_batches", pa.int64()),  # batches statistics were estimated on (recompute, repair); null for interpolate
+    *ALIGNMENT_COLUMNS,
+    ("union_remaining", pa.float64()),  # kept fraction along the path: the union of both ends' masks
     ("train_seconds", pa.float64()),  # training both copies
     ("finished_at", pa.timestamp("ms", tz="UTC")),
 ])

@@ -21,7 +21,6 @@ import copy
 import time
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -32,11 +31,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
+from trainables.alignment import activation_matching, describe, permute, permute_mask, weight_matching
+from trainables.catalog import MODELS
 from trainables.config import Config, TrainConfig, config_hash, stability_hash
 from trainables.data import Dataset
 from trainables.imp import DenseRun, ImpRun, Reporter, Run, Start, _claim, derive_seed
 from trainables.layout import AnalysisLayout
 from trainables.masks import Mask
+from trainables.repair import Repair
 from trainables.results import STABILITY_PATH_SCHEMA, STABILITY_SUMMARY_SCHEMA, TWINS, append_rows, read_table, \
     write_atomic
 from trainables.train import autocast, evaluate, optimizer_for, run_steps
@@ -45,33 +47,38 @@ from trainables.train import autocast, evaluate, optimizer_for, run_steps
 # training the copies
 
 
-def _stacked_optimizer_state(optimizer: torch.optim.Optimizer, stacked: list[Tensor], copies: int) -> dict:
-    """`optimizer`'s state with every per-weight tensor (momentum, Adam's moments) repeated per copy;
-    scalars (Adam's step count) are shared, the copies having taken the same number of steps."""
-    state = optimizer.state_dict()
+def _stacked_optimizer_state(optimizers: Sequence[torch.optim.Optimizer], stacked: list[Tensor]) -> dict:
+    """The optimisers' states with every per-weight tensor (momentum, Adam's moments) stacked, one per copy;
+    scalars (Adam's step count) are the first's, the copies having taken the same number of steps."""
+    states = [o.state_dict() for o in optimizers]
     per_param = {
-        i: {key: torch.stack([v] * copies) if torch.is_tensor(v) and v.shape == stacked[i].shape[1:]
-            else v.clone() if torch.is_tensor(v) else v  # a copy: stepping must not advance `optimizer`'s own
+        i: {key: torch.stack([s["state"][i][key] for s in states]) if torch.is_tensor(v) and
+            v.shape == stacked[i].shape[1:]
+            else v.clone() if torch.is_tensor(v) else v  # a copy: stepping must not advance the optimiser's own
             for key, v in entry.items()}
-        for i, entry in state["state"].items()}
-    return {"state": per_param, "param_groups": copy.deepcopy(state["param_groups"])}
+        for i, entry in states[0]["state"].items()}
+    return {"state": per_param, "param_groups": copy.deepcopy(states[0]["param_groups"])}
 
 
-def train_twins(start: Start, data: Dataset, cfg: TrainConfig, data_seeds: Sequence[int],
+def train_twins(start: Start | Sequence[Start], data: Dataset, cfg: TrainConfig, data_seeds: Sequence[int],
                 begin: int) -> list[dict[str, Tensor]]:
-    """Train one copy of `start` per data seed from iteration `begin` to the end of the schedule, all in one
-    batched program; returns each copy's final state dict. `start` is left as it was.
+    """Train one copy of `start` (or of each start: one per data seed) per data seed from iteration `begin` to the
+    end of the schedule, all in one batched program; returns each copy's final state dict. Starts are left as
+    they were.
 
     BatchNorm works: its running statistics are stacked buffers, updated in place under vmap per copy.
     """
-    copies = len(data_seeds)
-    params, buffers = stack_module_state([start.model] * copies)
+    starts = [start] * len(data_seeds) if isinstance(start, Start) else list(start)
+    params, buffers = stack_module_state([s.model for s in starts])
     leaves = list(params.values())
     optimizer = optimizer_for(leaves, cfg)
-    optimizer.load_state_dict(_stacked_optimizer_state(start.optimizer, leaves, copies))
+    optimizer.load_state_dict(_stacked_optimizer_state([s.optimizer for s in starts], leaves))
+    masks = [s.mask for s in starts]
+    mask = masks[0] if all(m is masks[0] for m in masks) else Mask(
+        {name: torch.stack([m.tensors[name] for m in masks]) for name in masks[0].tensors})
     # The structure only (tensors come from the stacks); a copy is never compiled (runtime.compile), so
     # the stacked copies run eagerly under vmap.
-    base = copy.deepcopy(start.model).to("meta").train()
+    base = copy.deepcopy(starts[0].model).to("meta").train()
 
     forward = torch.vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))
     batches = [data.train_batches(cfg.batch_size, seed) for seed in data_seeds]
@@ -85,8 +92,8 @@ def train_twins(start: Start, data: Dataset, cfg: TrainConfig, data_seeds: Seque
         return F.cross_entropy(logits, torch.cat(ys), reduction="sum") / len(ys[0])
 
     run_steps(loss, optimizer, cfg, data.steps_per_epoch(cfg.batch_size), start=begin,
-              keep_mask=start.mask.applier_for(params))
-    return [{name: t[j].detach() for name, t in (params | buffers).items()} for j in range(copies)]
+              keep_mask=mask.applier_for(params))
+    return [{name: t[j].detach() for name, t in (params | buffers).items()} for j in range(len(starts))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,7 +109,8 @@ def interpolate(a: Mapping[str, Tensor], b: Mapping[str, Tensor], alpha: float) 
 @torch.no_grad()
 def recompute_bn(model: nn.Module, batches: Callable[[int], tuple[Tensor, Tensor]], count: int) -> None:
     """Replace every BatchNorm layer's running statistics by their average over training batches 0 .. count-1
-    (REPAIR, Jordan et al. 2023): reset, momentum None (a cumulative average), train mode, no gradients."""
+    (RESET, Jordan et al. 2023; REPAIR is `trainables.repair`): reset, momentum None (a cumulative average),
+    train mode, no gradients."""
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not layers:
         return
@@ -124,18 +132,20 @@ def alpha_grid(points: int) -> list[float]:
 
 
 def path_metrics(model: nn.Module, ends: Sequence[Mapping[str, Tensor]], data: Dataset, alphas: Sequence[float],
-                 splits: Sequence[str], batch_size: int, recompute: Callable[[nn.Module], None] | None = None,
+                 splits: Sequence[str], batch_size: int, correct: Callable[[nn.Module, float], list] | None = None,
                  precision: str = "fp32") -> dict[str, list[float]]:
     """"{split}_error" and "{split}_loss" of the network interpolated between `ends` at each alpha, loaded
-    into `model` (its BatchNorm statistics re-estimated by `recompute` first, if given). One host read.
+    into `model` and, if given, corrected by `correct(model, alpha)` first (RESET, REPAIR), which returns the
+    hooks it left on `model`, removed after evaluation. One host read.
 
     `model` is overwritten: it must not be the module whose state dict is one of `ends`."""
     records = []
     for a in alphas:
         model.load_state_dict(interpolate(*ends, a))
-        if recompute is not None:
-            recompute(model)
+        hooks = correct(model, a) if correct is not None else []
         metrics = evaluate(model, data, splits, batch_size, precision)
+        for hook in hooks:
+            hook.remove()
         records.append(torch.stack([v for s in splits for v in (1 - metrics[f"{s}_accuracy"], metrics[f"{s}_loss"])]))
     columns = torch.stack(records).T.tolist()
     return dict(zip([f"{s}_{m}" for s in splits for m in ("error", "loss")], columns))
@@ -152,14 +162,15 @@ def instability(errors: Sequence[float], alphas: Sequence[float], barrier: str) 
 
 @dataclass
 class Pair:
-    """Two copies trained from one start, and the error and loss along the line between them."""
+    """Two networks trained from their starts, and the error and loss along the line between them."""
 
     data_seeds: tuple[int, int]
-    ends: list[dict[str, Tensor]]
+    ends: list[dict[str, Tensor]]  # the second permuted into alignment with the first (stability.align)
     alphas: list[float]
     curve: dict[str, list[float]]  # "{split}_error", "{split}_loss" at each alpha
-    bn_batches: int | None  # batches BatchNorm statistics were re-estimated on (bn: recompute)
+    bn_batches: int | None  # batches statistics were estimated on (bn: recompute, repair)
     train_seconds: float
+    union_remaining: float = 1.0  # kept fraction of prunable weights along the path: the union of the ends' masks
 
     def instability(self, split: str, barrier: str) -> float:
         return instability(self.curve[f"{split}_error"], self.alphas, barrier)
@@ -171,25 +182,44 @@ def _synchronize(tensors: Mapping[str, Tensor]) -> None:
         torch.cuda.synchronize(device)
 
 
-def analyse(start: Start, data: Dataset, cfg: Config, begin: int, data_seeds: tuple[int, int]) -> Pair:
-    """Train two copies of `start` from iteration `begin` with `data_seeds`, then evaluate the line between
-    them as `cfg.stability` says (alpha points, splits, BatchNorm statistics)."""
+def align(model: nn.Module, ends: list[dict[str, Tensor]], masks: list[Mask], how: str, batches, count: int,
+          seed: int) -> None:
+    """Permute the second end (and its mask) into alignment with the first, in place: `how` is weights or
+    activations (over training batches 0 .. count-1). `model` (of the ends' structure) is overwritten."""
+    spec = describe(model)
+    perms = (weight_matching(*ends, spec, seed) if how == "weights"
+             else activation_matching(model, *ends, spec, batches, count))
+    ends[1], masks[1] = permute(ends[1], spec, perms), permute_mask(masks[1], spec, perms)
+
+
+def analyse(start: Start | Sequence[Start], data: Dataset, cfg: Config, begin: int,
+            data_seeds: tuple[int, int]) -> Pair:
+    """Train two copies of `start` (or one of each of two starts: stability.pair independent) from iteration
+    `begin` with `data_seeds`, align them, then evaluate the line between them as `cfg.stability` says (alpha
+    points, splits, BatchNorm statistics)."""
     st = cfg.stability
+    starts = [start] * 2 if isinstance(start, Start) else list(start)
     tic = time.perf_counter()
-    ends = train_twins(start, data, cfg.train, data_seeds, begin)
+    ends = train_twins(starts, data, cfg.train, data_seeds, begin)
     _synchronize(ends[0])
     seconds = time.perf_counter() - tic
-    recompute, bn_batches = None, None
-    if st.bn == "recompute":
-        bn_batches = st.bn_batches or data.steps_per_epoch(cfg.train.batch_size)  # None: one epoch
-        # Every alpha, both ends included, so the barrier compares like with like; the same batches for
-        # each, so the curve's steps are the path's, not the sample's.
-        batches = data.train_batches(cfg.train.batch_size, derive_seed(cfg.data_seed, "stability", "bn"))
-        recompute = partial(recompute_bn, batches=batches, count=bn_batches)
+    model, masks = copy.deepcopy(starts[0].model), [s.mask for s in starts]
+    # The same batches for every alpha and mode, so the curve's steps are the path's, not the sample's.
+    batches = data.train_batches(cfg.train.batch_size, derive_seed(cfg.data_seed, "stability", "bn"))
+    epoch = data.steps_per_epoch(cfg.train.batch_size)
+    if st.align != "none":
+        align(model, ends, masks, st.align, batches, epoch, derive_seed(cfg.seed, "stability", "align"))
+    correct, bn_batches = None, None
+    if st.bn != "interpolate":
+        bn_batches = st.bn_batches or epoch  # None: one epoch
+        # RESET at every alpha, both ends included, so the barrier compares like with like.
+        correct = Repair(model, ends, batches, bn_batches) if st.bn == "repair" else (
+            lambda m, a: recompute_bn(m, batches, bn_batches) or [])
     points = alpha_grid(st.alpha_points)
-    curve = path_metrics(copy.deepcopy(start.model), ends, data, points, st.splits, cfg.runtime.eval_batch_size,
-                         recompute, cfg.train.precision)
-    return Pair(tuple(data_seeds), ends, points, curve, bn_batches, seconds)
+    curve = path_metrics(model, ends, data, points, st.splits, cfg.runtime.eval_batch_size, correct,
+                         cfg.train.precision)
+    union = Mask({n: t | masks[1].tensors[n] for n, t in masks[0].tensors.items()})
+    return Pair(tuple(data_seeds), ends, points, curve, bn_batches, seconds, union.weights_remaining())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,8 +236,9 @@ class StabilityRun(Run):
     The network is the dense one (`stability.level` 0) or IMP level L's subnetwork, at the rewind
     iteration k (`imp.rewind_iter`); the IMP run rewinds to k too. `dense_dir`: a shared dense run.
     `mask`: level L's mask when the caller has it (from a finished IMP run of the same config, which
-    computed the same mask); else an IMP run in `out/imp` finds it. `trainings` counts training runs
-    started: the dense run's, the IMP run's, one per replicate.
+    computed the same mask); else an IMP run in `out/imp` finds it. With `stability.pair: independent` the
+    second network is another initialisation's (seed derived from `seed`), its dense and IMP runs in
+    `out/independent`. `trainings` counts training runs started: the dense runs', the IMP runs', one per replicate.
     """
 
     def __init__(self, cfg: Config, out: str | Path, reporter: Reporter | None = None,
@@ -223,19 +254,32 @@ class StabilityRun(Run):
         self.given_mask = mask
         self.imp = ImpRun(cfg.with_updates({"imp.levels": level, "imp.controls": []}), self.layout.imp.root,
                           reporter, self.dense.out, self.data) if level and mask is None else None
+        self.partner: tuple[DenseRun, ImpRun | None] | None = None
+        if cfg.stability.pair == "independent":
+            other = cfg.with_updates({"seed": derive_seed(cfg.seed, "stability", "independent")})
+            dense = DenseRun(other, self.layout.partner.dense.root, reporter, self.data)
+            self.partner = (dense, ImpRun(other.with_updates({"imp.levels": level, "imp.controls": []}),
+                                          self.layout.partner.imp.root, reporter, dense.out, self.data) if level else None)
+        if cfg.stability.align != "none":  # refused before anything trains; on the meta device: shapes only
+            with torch.device("meta"):
+                describe(MODELS.get(cfg.model.arch)(tuple(self.data.input_shape), self.data.num_classes,
+                                                    width=cfg.model.width))
 
     def finished_replicates(self) -> list[int]:
         return self.layout.finished_replicates()
 
-    def start(self) -> Start:
-        """The network and optimiser at k under the level's mask, training whatever is missing first."""
-        self.dense.ensure([self.rewind_iter])
-        mask = self.given_mask or Mask({})
-        if self.imp is not None:
-            self.imp.run()
-            mask = self.imp.mask(self.cfg.stability.level)
-        self.trainings = self.dense.trainings + (self.imp.trainings if self.imp else 0)
-        return self.dense.state_at(self.rewind_iter, mask, self.cfg.imp.rewind_optimizer == "restore")
+    def start(self) -> list[Start]:
+        """Each network's state and optimiser at k under its level's mask, training whatever is missing first."""
+        runs = [(self.dense, self.imp, self.given_mask), *([(*self.partner, None)] if self.partner else [])]
+        starts, self.trainings = [], 0
+        for dense, imp, mask in runs:
+            dense.ensure([self.rewind_iter])
+            if imp is not None:
+                imp.run()
+                mask = imp.mask(self.cfg.stability.level)
+            self.trainings += dense.trainings + (imp.trainings if imp else 0)
+            starts.append(dense.state_at(self.rewind_iter, mask or Mask({}), self.cfg.imp.rewind_optimizer == "restore"))
+        return starts if len(starts) == 2 else starts * 2  # twin copies: the one start twice
 
     def run(self) -> pa.Table:
         """Analyse every uncommitted replicate; returns the complete summary table."""
@@ -251,19 +295,20 @@ class StabilityRun(Run):
                 self._replicate(replicate, start)
         return read_table(self.layout.summary, STABILITY_SUMMARY_SCHEMA)
 
-    def _replicate(self, replicate: int, start: Start) -> None:
+    def _replicate(self, replicate: int, starts: list[Start]) -> None:
         cfg, st = self.cfg, self.cfg.stability
         seeds = (derive_seed(cfg.data_seed, "stability", replicate, 1),
                  derive_seed(cfg.data_seed, "stability", replicate, 2))
-        remaining = start.mask.weights_remaining()
+        remaining = starts[0].mask.weights_remaining()
         self.reporter.training(st.level, TWINS, self.rewind_iter, self.end_iter, remaining)
         self.trainings += 1
-        pair = analyse(start, self.data, cfg, self.rewind_iter, seeds)
+        pair = analyse(starts, self.data, cfg, self.rewind_iter, seeds)
         now = datetime.now(timezone.utc)
         keys = {"run_name": analysis_name(cfg), "config_hash": config_hash(cfg),
                 "stability_hash": stability_hash(cfg), "arch": cfg.model.arch, "dataset": cfg.data.dataset,
                 "seed": cfg.seed, "level": st.level, "rewind_iter": self.rewind_iter,
-                "weights_remaining": remaining, "replicate": replicate}
+                "weights_remaining": remaining, "replicate": replicate, "pair": st.pair, "align": st.align,
+                "width": cfg.model.width}
         path_rows = [keys | {"alpha_index": i, "alpha": a, "split": s, "error": pair.curve[f"{s}_error"][i],
                                  "loss": pair.curve[f"{s}_loss"][i], "bn": st.bn, "finished_at": now}
                      for i, a in enumerate(pair.alphas) for s in st.splits]
@@ -275,6 +320,7 @@ class StabilityRun(Run):
                 "error_2": errors[-1], "max_error": max(errors), "barrier_kind": st.barrier, "instability": value,
                 "threshold": st.threshold, "stable": value < st.threshold, "alpha_points": st.alpha_points,
                 **self.speed(), "bn": st.bn, "bn_batches": pair.bn_batches, "train_seconds": pair.train_seconds,
+                "union_remaining": pair.union_remaining,
                 "finished_at": now})
         append_rows(self.layout.path, STABILITY_PATH_SCHEMA, path_rows)
         append_rows(self.layout.summary, STABILITY_SUMMARY_SCHEMA, summary_rows)  # the commit point

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from orchestrator import fs, sweep_folder
 from orchestrator.report.analysis import X_COLUMNS, stability_summary, summary
-from orchestrator.report.figures import Options, Table, found_variants, stability_table, summary_table
+from orchestrator.report.figures import Options, Table, found_variants, summary_table
+from orchestrator.report.stability_figures import stability_table
 from trainables.config import ConfigError
 from trainables.layout import RESULTS, STABILITY_SUMMARY
 from trainables.results import DENSE

@@ -16,8 +16,9 @@ from orchestrator import sweep_folder
 from orchestrator.report import analysis
 from orchestrator.report.analysis import ReportError
 from orchestrator.report.figures import (Options, Report, accuracy_figure, early_stop_figure, found_variants,
-                                         instability_figure, matching_table, path_figure, stability_table,
-                                         start_accuracy_figure, summary_table)
+                                         matching_table, start_accuracy_figure, summary_table)
+from orchestrator.report.stability_figures import (ALIGNMENT_KEYS, alignment_figure, instability_figure, path_figure,
+                                                   stability_table)
 from trainables.layout import RESULTS, STABILITY_PATH, STABILITY_SUMMARY
 
 __all__ = ["Options", "Report", "ReportError", "build", "load"]
@@ -48,6 +49,8 @@ def build(tables: Mapping[str, pa.Table], options: Options, title: str, header: 
     if summary is not None and summary.num_rows:
         stability = analysis.stability_summary(summary)
         report.figures.append(instability_figure(stability, options))
+        if set(ALIGNMENT_KEYS) & set(stability[0]):
+            report.figures.append(alignment_figure(stability, options))
         report.tables.append(stability_table(stability))
     else:
         report.notes.append(f"skipped instability vs. rewind iteration: no stability results ({STABILITY_SUMMARY}); "

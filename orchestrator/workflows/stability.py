@@ -128,6 +128,8 @@ class StabilityWorkflow(Workflow):
 
     def trainings(self, cfg: Config, end: int, after_k: int) -> tuple[int, int]:
         trainings = cfg.stability.level + 2 * cfg.stability.replicates  # IMP up to L (no controls), then pairs
+        if cfg.stability.pair == "independent":  # the second network's own dense run (never shared) and IMP run
+            return trainings + 1 + cfg.stability.level, (trainings + cfg.stability.level) * after_k + end
         return trainings, trainings * after_k
 
     def mask_levels(self, cfg: Config) -> range:
@@ -148,6 +150,8 @@ class StabilityWorkflow(Workflow):
             for name, value in QUANTITIES.items():
                 out[(f"{row['split']}/{name}", row["replicate"])] = (value(row), stamp(row))
             out[("weights_remaining", 0)] = (row["weights_remaining"], stamp(row))
+            if row.get("union_remaining") is not None:  # along the path: both ends' masks (pair independent)
+                out[("union_weights_remaining", 0)] = (row["union_remaining"], stamp(row))
         return out
 
     def mlflow_files(self, tables: Rows, title: str) -> dict[str, bytes]:
@@ -159,7 +163,8 @@ class StabilityWorkflow(Workflow):
     def lines(self, rows: Rows) -> list[str]:
         out = row_lines(rows.get(RESULTS, []))  # a level of the IMP run that finds the mask
         for r in rows.get(STABILITY_SUMMARY, []):
-            out.append(f"pair {r['replicate']} {r['split']:<5}  ends {r['error_1']:.2%} / {r['error_2']:.2%} error, "
+            out.append(f"pair {r['replicate']} {r['split']:<5}  {r.get('pair') or 'sgd_noise'}, align "
+                       f"{r.get('align') or 'none'}, bn {r['bn']}: ends {r['error_1']:.2%} / {r['error_2']:.2%} error, "
                        f"max along the path {r['max_error']:.2%}: instability {r['instability']:.2%} "
                        f"({'stable' if r['stable'] else 'unstable'} at {r['threshold']:.0%})")
         return out

@@ -28,6 +28,8 @@ class ModelConfig:
     init: Literal["glorot_normal", "glorot_uniform", "kaiming_normal", "kaiming_uniform"] = (
         "glorot_normal")  # Frankle & Carbin 2019, §2: Gaussian Glorot initialisation
     bn_init: Literal["ones", "uniform"] = "ones"  # BatchNorm weights: 1 (F&C 2019); U[0, 1) (LMC code, open_lth)
+    # Every hidden layer's units or channels times this; 1: the papers' nets (Git Re-Basin, Entezari et al.: wider)
+    width: float = ranged(1.0, ">0")
 
 
 @dataclass(frozen=True)
@@ -133,21 +135,29 @@ class ImpConfig:
 
 @dataclass(frozen=True)
 class StabilityConfig:
-    """Linear mode connectivity of a network at the rewind iteration k (`imp.rewind_iter`): two copies
-    trained from its state at k with different SGD noise, and the error along the line between them."""
+    """Linear mode connectivity of a network at the rewind iteration k (`imp.rewind_iter`): two networks
+    trained from k (copies with different SGD noise, or two initialisations), the second optionally permuted
+    into alignment with the first, and the error along the line between them."""
 
     level: int = ranged(0, ">=0")  # 0: the dense network; L: IMP level L's mask at k (Frankle et al. 2020, LMC)
     alpha_points: int = ranged(30, ">=2", "(both ends)")  # LMC: 30 evenly spaced alphas, both ends included
     barrier: Literal["endpoints_mean", "linear"] = "endpoints_mean"  # LMC / Entezari et al. 2022 (line between ends)
     threshold: float = ranged(0.02, "(0,1)", "(an error difference)")  # LMC: stable below 2% instability
-    bn: Literal["interpolate", "recompute"] = "interpolate"  # recompute: REPAIR (Jordan et al. 2023), Git Re-Basin
-    bn_batches: int | None = ranged(None, ">=1")  # recompute only; None: one epoch of training batches (REPAIR)
+    # interpolate: the ends' statistics interpolated (LMC); recompute: BatchNorm statistics re-estimated (RESET,
+    # Jordan et al. 2023); repair: each unit rescaled to the interpolated ends' mean and std (REPAIR, same paper)
+    bn: Literal["interpolate", "recompute", "repair"] = "interpolate"
+    bn_batches: int | None = ranged(None, ">=1")  # recompute, repair; None: one epoch of training batches (Jordan et al.)
     replicates: int = ranged(3, ">=1")  # LMC: three pairs of data orders, reported as mean and standard deviation
     splits: tuple[str, ...] = ("train", "test")  # LMC: train and test instability
+    # sgd_noise: two copies of one network (LMC); independent: two initialisations, same recipe (Entezari et al.)
+    pair: Literal["sgd_noise", "independent"] = "sgd_noise"
+    # the second network permuted onto the first: weight or activation matching (Ainsworth et al. 2023, Git Re-Basin)
+    align: Literal["none", "weights", "activations"] = "none"
 
     def problems(self) -> list[tuple[str, str]]:
-        out = [("bn_batches", "applies to bn 'recompute' only")] if (
-            self.bn_batches is not None and self.bn != "recompute") else []
+        out = [("bn_batches", "applies to bn 'recompute' only, or 'repair' (the modes that estimate statistics); "
+                              "remove it for 'interpolate'")] if (self.bn_batches is not None and
+                                                                   self.bn == "interpolate") else []
         unknown = [s for s in self.splits if s not in ("train", "val", "test")]
         if unknown or not self.splits or len(set(self.splits)) != len(self.splits):
             out.append(("splits", f"expected distinct splits from train, val, test, got {list(self.splits)}"))

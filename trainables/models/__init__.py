@@ -26,12 +26,13 @@ _INITS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
                 seed: int) -> nn.Module:
-    """The network `cfg.arch` on CPU, its weights a function of `seed` alone."""
+    """The network `cfg.arch` (hidden layers `cfg.width` times as wide) on CPU, its weights a function of `seed`
+    alone."""
     builder = MODELS.get(cfg.arch)
     # Built on the meta device so PyTorch's default initialisation neither draws from the
     # global RNG (which would shift every later draw in the process) nor wastes time.
     with torch.device("meta"):
-        model = builder(tuple(input_shape), num_classes)
+        model = builder(tuple(input_shape), num_classes, width=cfg.width)
     model.to_empty(device="cpu")
     init_weights(model, cfg.init, torch.Generator().manual_seed(seed), cfg.bn_init)
     return model

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.models.scale import scaled
+
 
 class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int):
@@ -29,9 +31,10 @@ class ResNet(nn.Module):
     """A 3x3 stem, then 3 stages of n blocks at widths 16/32/64 (stride 2 entering stages 2, 3)."""
 
     def __init__(self, depth: int, in_channels: int, num_classes: int,
-                 widths: tuple[int, ...] = (16, 32, 64)):
+                 widths: tuple[int, ...] = (16, 32, 64), width: float = 1.0):
         super().__init__()
         n = (depth - 2) // 6
+        widths = tuple(scaled(w, width) for w in widths)
         self.conv = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(widths[0])
         blocks, channels = [], widths[0]
@@ -48,9 +51,9 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def resnet20(input_shape: tuple[int, int, int], num_classes: int) -> ResNet:
-    return ResNet(20, input_shape[0], num_classes)
+def resnet20(input_shape: tuple[int, int, int], num_classes: int, width: float = 1.0) -> ResNet:
+    return ResNet(20, input_shape[0], num_classes, width=width)
 
 
-def resnet56(input_shape: tuple[int, int, int], num_classes: int) -> ResNet:
-    return ResNet(56, input_shape[0], num_classes)
+def resnet56(input_shape: tuple[int, int, int], num_classes: int, width: float = 1.0) -> ResNet:
+    return ResNet(56, input_shape[0], num_classes, width=width)

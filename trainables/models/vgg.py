@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trainables.models.scale import scaled
+
 # Configurations A, D, E of Simonyan & Zisserman 2015; "M" is a 2x2 max-pool.
 _CFGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -15,7 +17,7 @@ _CFGS: dict[str, list[int | str]] = {
 
 
 class VGG(nn.Module):
-    def __init__(self, cfg: list[int | str], in_channels: int, num_classes: int):
+    def __init__(self, cfg: list[int | str], in_channels: int, num_classes: int, width: float = 1.0):
         super().__init__()
         layers: list[nn.Module] = []
         # The CIFAR variant drops the last pool and averages globally into a single fc layer.
@@ -23,9 +25,9 @@ class VGG(nn.Module):
             if v == "M":
                 layers.append(nn.MaxPool2d(2))
             else:
-                layers += [nn.Conv2d(in_channels, v, 3, padding=1, bias=False),
-                           nn.BatchNorm2d(v), nn.ReLU()]
-                in_channels = v
+                out = scaled(v, width)
+                layers += [nn.Conv2d(in_channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+                in_channels = out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
@@ -34,13 +36,13 @@ class VGG(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def vgg11(input_shape: tuple[int, int, int], num_classes: int) -> VGG:
-    return VGG(_CFGS["vgg11"], input_shape[0], num_classes)
+def vgg11(input_shape: tuple[int, int, int], num_classes: int, width: float = 1.0) -> VGG:
+    return VGG(_CFGS["vgg11"], input_shape[0], num_classes, width)
 
 
-def vgg16(input_shape: tuple[int, int, int], num_classes: int) -> VGG:
-    return VGG(_CFGS["vgg16"], input_shape[0], num_classes)
+def vgg16(input_shape: tuple[int, int, int], num_classes: int, width: float = 1.0) -> VGG:
+    return VGG(_CFGS["vgg16"], input_shape[0], num_classes, width)
 
 
-def vgg19(input_shape: tuple[int, int, int], num_classes: int) -> VGG:
-    return VGG(_CFGS["vgg19"], input_shape[0], num_classes)
+def vgg19(input_shape: tuple[int, int, int], num_classes: int, width: float = 1.0) -> VGG:
+    return VGG(_CFGS["vgg19"], input_shape[0], num_classes, width)
