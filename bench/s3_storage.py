@@ -41,7 +41,7 @@ def main() -> None:
     from orchestrator.spec import parse_sweep
 
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         raw = yaml.safe_load(Path(args.sweep).read_text())
         raw["base"].setdefault("train", {})["length"] = args.length
         raw["checkpoints"] = {"keep": raw["base"]["imp"]["levels"] + 1}
