@@ -2,14 +2,19 @@
 
     sweep.yaml            the sweep file with its base config resolved: all `lth sweep resume` needs
     sweep.json            the sweep's id and MLflow location, fixed at its first launch
-    results.parquet, ...  the sweep's tables: every trial's rows, the sweep's columns in front
+    results/, ...         the sweep's tables as Parquet datasets: every trial's rows, the sweep's columns in
+                          front, in files `<trial id>-<rows so far, 6 digits>.parquet`
+    results.parquet, ...  each table compacted into one file, when the sweep ends (or `lth results --compact`)
     trial_<id>/           Tune's trial folder: params.json, checkpoint_NNNNNN/ (the run folder as of a commit)
     experiment_state-*    Tune's own state
 
-The driver is the tables' only writer: after every commit a trial checkpoints, the driver replaces that
-trial's rows with the checkpoint's and rewrites the table atomically (a temporary file renamed over the
-old one; one whole object on object stores), so readers, pandas, DuckDB and polars included, always see
-a complete table. Trial checkpoints hold the same rows, so `collect` can rebuild the tables from them.
+The driver is the tables' only writer: after every commit a trial checkpoints, the driver writes the rows the
+commit added as one new file of that trial's (a temporary file renamed on a local disk; one PUT on object
+stores), never rewriting one, so its work per commit does not grow with the sweep and readers, pandas,
+DuckDB and polars included, always see complete files, each row once. A compacted file records the dataset
+files it holds; readers take it while the dataset has no more. A sweep folder from before the datasets has
+only the single file: it reads as it is, and a resumed driver starts its dataset from it. Trial checkpoints
+hold the same rows, so `collect` can rebuild the tables from them.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import yaml
 
 from orchestrator import fs
@@ -44,22 +51,87 @@ SWEEP_COLUMNS = [
     ("trial_id", pa.string()),  # Ray Tune's trial id
     ("overrides", pa.string()),  # JSON: the dotted config keys this trial sets on the sweep's base
 ]
+COMPACTED_FROM = "lth.compacted_from"  # a compacted table's metadata: {trial id: rows} of the dataset it holds
 
 
 def sweep_schema(name: str) -> pa.Schema:
     return pa.schema([*SWEEP_COLUMNS, *table_schemas()[name]])
 
 
+def dataset_dir(name: str) -> str:
+    """The folder of a table's dataset: results.parquet -> results/."""
+    return name.removesuffix(".parquet")
+
+
+def _file_name(trial_id: str, rows: int) -> str:
+    return f"{trial_id}-{rows:06d}.parquet"
+
+
+def _parse(base_name: str) -> tuple[str, int] | None:
+    """(trial id, its rows up to and including this file) from a dataset file's name; None for other files
+    (a writer's temporary `.*.tmp`)."""
+    if base_name.startswith((".", "_")) or not base_name.endswith(".parquet"):
+        return None
+    trial_id, _, rows = base_name.removesuffix(".parquet").rpartition("-")
+    return (trial_id, int(rows)) if trial_id and rows.isdigit() else None
+
+
+def dataset_files(directory: str, name: str) -> dict[str, list[tuple[int, str]]]:
+    """trial id -> [(its rows up to and including the file, path)] of a table's dataset, in row order."""
+    filesystem, root = fs.filesystem(directory)
+    out: dict[str, list[tuple[int, str]]] = {}
+    for info in filesystem.get_file_info(pafs.FileSelector(f"{root}/{dataset_dir(name)}", allow_not_found=True)):
+        if info.type == pafs.FileType.File and (parsed := _parse(info.base_name)) is not None:
+            out.setdefault(parsed[0], []).append((parsed[1], info.path))
+    return {t: sorted(files) for t, files in sorted(out.items())}
+
+
+def _extent(files: Mapping[str, list[tuple[int, str]]]) -> dict[str, int]:
+    """trial id -> rows the dataset holds: what a compacted table records it was made from."""
+    return {t: found[-1][0] for t, found in files.items()}
+
+
+def _compacted_from(filesystem: pafs.FileSystem, path: str) -> dict[str, int] | None:
+    """The dataset extent a compacted table was made from; None for a table from before the dataset (or none)."""
+    try:
+        with filesystem.open_input_file(path) as f:
+            found = (pq.read_metadata(f).metadata or {}).get(COMPACTED_FROM)
+    except (OSError, ValueError, pa.ArrowInvalid):
+        return None
+    return None if found is None else json.loads(found)
+
+
 def read_table(directory: str, name: str) -> pa.Table:
-    """One of the sweep's tables (empty if it has none yet)."""
-    fs_, root = fs.filesystem(directory)
-    found = fs.read_table(fs_, f"{root}/{name}", sweep_schema(name))
-    return sweep_schema(name).empty_table() if found is None else found
+    """One of the sweep's tables (empty if it has none yet): its compacted file where that holds everything the
+    dataset does (or where there is no dataset: a sweep folder from before it), else the dataset's files."""
+    filesystem, root = fs.filesystem(directory)
+    schema, files = sweep_schema(name), dataset_files(directory, name)
+    if not files or _compacted_from(filesystem, f"{root}/{name}") == _extent(files):
+        found = fs.read_table(filesystem, f"{root}/{name}", schema)
+        return schema.empty_table() if found is None else found.replace_schema_metadata(None)
+    paths = [path for found in files.values() for _, path in found]
+    with ThreadPoolExecutor(16) as pool:  # small files: their latency, not their bytes, is the cost
+        tables = [t for t in pool.map(lambda path: fs.read_table(filesystem, path, schema), paths) if t is not None]
+    return pa.concat_tables(tables).replace_schema_metadata(None) if tables else schema.empty_table()
 
 
 def read_tables(directory: str) -> dict[str, pa.Table]:
     """Every table a sweep folder can hold, by file name (empty where it has none)."""
     return {name: read_table(directory, name) for name in table_schemas()}
+
+
+def compact(directory: str, name: str) -> pa.Table:
+    """Write the table as one file, `<name>` beside its dataset, recording the dataset extent it holds (readers
+    use it while the dataset holds no more); returns the table. Nothing is written for a sweep folder from
+    before the dataset, whose single file is the whole table."""
+    filesystem, root = fs.filesystem(directory)
+    files = dataset_files(directory, name)
+    table = read_table(directory, name)
+    if files and _compacted_from(filesystem, f"{root}/{name}") != _extent(files):
+        # Listed before reading: a file written meanwhile makes the extents differ, and readers skip this copy.
+        metadata = {COMPACTED_FROM: json.dumps(_extent(files))}
+        fs.write_table(table.replace_schema_metadata(metadata), directory, name)
+    return table
 
 
 def sweep_rows(trial_rows: pa.Table, name: str, sweep: str, sweep_id: str, trial_id: str,
@@ -73,28 +145,40 @@ def sweep_rows(trial_rows: pa.Table, name: str, sweep: str, sweep_id: str, trial
 
 
 class SweepTable:
-    """The driver's copy of one of the sweep's tables (`name`), rewritten whole after every update."""
+    """The driver's record of one of the sweep's tables (`name`): how many rows of each trial its dataset
+    holds. A trial's new rows go to a file of their own, written once: the driver's work per commit is the
+    same in a sweep of ten trials or ten thousand."""
 
     def __init__(self, directory: str, sweep: str, sweep_id: str, name: str):
         self.directory, self.sweep, self.sweep_id, self.name = directory, sweep, sweep_id, name
-        existing = read_table(directory, name)
-        self.trials: dict[str, pa.Table] = {
-            t: existing.filter(pc.equal(existing.column("trial_id"), t))
-            for t in existing.column("trial_id").unique().to_pylist()}
+        self.rows = _extent(dataset_files(directory, name))  # trial id -> rows recorded
+        self.pending: dict[str, pa.Table] = {}  # trial id -> rows set but not yet written
+        if not self.rows:  # a sweep folder from before the dataset: its single table becomes the dataset's start
+            existing = read_table(directory, name)
+            for t in existing.column("trial_id").unique().to_pylist():
+                self.pending[t] = existing.filter(pc.equal(existing.column("trial_id"), t))
+                self.rows[t] = self.pending[t].num_rows
 
     def set(self, trial_id: str, overrides: Mapping[str, Any], trial_rows: pa.Table) -> bool:
         """Set a trial's rows; False if they add nothing (a trial only ever adds rows)."""
-        if trial_id in self.trials and self.trials[trial_id].num_rows >= trial_rows.num_rows:
+        have = self.rows.get(trial_id, 0)
+        if trial_rows.num_rows <= have:
             return False
-        self.trials[trial_id] = sweep_rows(trial_rows, self.name, self.sweep, self.sweep_id, trial_id, overrides)
+        new = sweep_rows(trial_rows.slice(have), self.name, self.sweep, self.sweep_id, trial_id, overrides)
+        self.pending[trial_id] = pa.concat_tables([self.pending[trial_id], new]) if trial_id in self.pending else new
+        self.rows[trial_id] = trial_rows.num_rows
         return True
 
     def save(self) -> None:
-        fs.write_table(self.table(), self.directory, self.name)
+        """Write each trial's rows set since the last save as one file, named by the trial's rows up to it."""
+        for trial_id in list(self.pending):
+            fs.write_table(self.pending[trial_id], f"{self.directory.rstrip('/')}/{dataset_dir(self.name)}",
+                           _file_name(trial_id, self.rows[trial_id]))
+            del self.pending[trial_id]  # only once written: a failed write is retried by the next save
 
     def table(self) -> pa.Table:
-        tables = [self.trials[t] for t in sorted(self.trials)]
-        return pa.concat_tables(tables) if tables else sweep_schema(self.name).empty_table()
+        self.save()
+        return read_table(self.directory, self.name)
 
 
 def sweep_tables(directory: str, sweep: str, sweep_id: str, flow: Workflow) -> dict[str, SweepTable]:

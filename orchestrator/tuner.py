@@ -212,8 +212,9 @@ def run(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None = Non
     results = tuner.fit()
     ray.kill(claims)
     trials = sweep_folder.collect(tables, flow, spec.overrides)
+    final = {name: sweep_folder.compact(spec.folder, name) for name in tables}  # one file each, for whoever wants it
     if target is not None:
         statuses = {Path(r.path).name[len(sweep_folder.TRIAL_PREFIX):]: "FAILED" if r.error else "FINISHED"
                     for r in results}
-        sync_folder(spec, target, {name: t.table() for name, t in tables.items()}, statuses, trials)
+        sync_folder(spec, target, final, statuses, trials)
     return results

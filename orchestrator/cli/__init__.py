@@ -66,7 +66,9 @@ COMMANDS = (
         arg("--tracking-uri", help="log to this MLflow server from now on (default: the sweep's store)"))),
     Command(("results",), "a sweep's results: mean ± std over seeds per setting and level", "views:results", (
         arg("dir", help="the sweep folder: <storage>/<name>"),
-        arg("--format", choices=["table", "csv", "json"], default="table"))),
+        arg("--format", choices=["table", "csv", "json"], default="table"),
+        arg("--compact", action="store_true", help="also write each table as one file (results.parquet), as a "
+                                                   "finished sweep has it"))),
     Command(("report",), "figures (PNG), tables (CSV) and one HTML page from sweeps' Parquet tables; logged to "
                          "each sweep's MLflow run", "views:report", (
         arg("dirs", nargs="+", metavar="DIR", help="sweep folders (<storage>/<name>); several are drawn together, "

@@ -25,6 +25,11 @@ def _print_table(table: Table) -> None:
 def results(args: argparse.Namespace) -> int:
     """The report's summary table (or its stability table), as text, CSV or JSON."""
     tables = sweep_folder.read_tables(args.dir)
+    if args.compact:
+        for name, table in tables.items():
+            if table.num_rows:
+                sweep_folder.compact(args.dir, name)
+                print(f"{args.dir}/{name}: {table.num_rows} rows in one file", file=sys.stderr)
     stability, levels = tables[STABILITY_SUMMARY], tables[RESULTS]
     name = STABILITY_SUMMARY if stability.num_rows else RESULTS
     if not (stability.num_rows or levels.num_rows):
