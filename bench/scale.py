@@ -165,6 +165,37 @@ def _by_trial(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def record_only(trials: int, levels: int, work: Path, sample: int = 50) -> dict:
+    """The driver's record of a commit alone (no Ray): `trials` trials hold `levels - 1` levels, then `sample` of
+    them commit their last level, each recorded as `Record.on_checkpoint` does (its checkpoint's rows, read
+    from a file). The cost per commit at the end of a sweep, where it is highest."""
+    import pyarrow.parquet as pq
+
+    from orchestrator import sweep_folder
+    from trainables.layout import RESULTS
+    from trainables.results import DENSE, LEVELS_SCHEMA, TICKET, table_of
+
+    from orchestrator.spec import parse_sweep
+
+    spec = parse_sweep(sweep_raw(trials, levels, work), "bench/scale.py")
+    cfg = spec.trial_config(spec.grid()[0])
+    stub = StubRun(cfg, work, None)
+    rows = table_of([stub.row(level, v) for level in range(levels)
+                     for v in ([DENSE] if level == 0 else [TICKET, *CONTROLS])], LEVELS_SCHEMA)
+    before_last = rows.num_rows - 1 - len(CONTROLS)
+    table = sweep_folder.SweepTable(str(work), "scale", "abc123", RESULTS)
+    for i in range(trials):
+        table.set(f"t_{i:05d}", {"seed": i}, rows.slice(0, before_last))
+    table.save()
+    checkpoint = work / "checkpoint.parquet"
+    pq.write_table(rows, checkpoint)
+    tic = time.process_time()
+    for i in range(0, trials, max(1, trials // sample)):
+        sweep_folder.record({RESULTS: table}, f"t_{i:05d}", {"seed": i},
+                            lambda name: pq.read_table(checkpoint, schema=LEVELS_SCHEMA))
+    return {"trials": trials, "record_ms": 1000 * (time.process_time() - tic) / len(range(0, trials, max(1, trials // sample)))}
+
+
 # ---------------------------------------------------------------------------------------------
 # the driver of the benchmark: an mlflow server, one process per size, the table
 
@@ -219,10 +250,16 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=20, help="level completions per trial, level 0 included")
     parser.add_argument("--cpus", type=int, default=4, help="the local Ray's CPUs: trials at once")
     parser.add_argument("--label", default="", help="a title for the table (e.g. before, after)")
+    parser.add_argument("--record-only", action="store_true", help="time the driver's record of a commit alone, "
+                        "without Ray, at the end of a sweep of each size")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.record_only:
+        for trials in args.trials:
+            print(json.dumps(record_only(trials, args.levels, Path(tempfile.mkdtemp(prefix="lth-record-")))), flush=True)
+        return
     if args.one:
         print(json.dumps(one(args.one, args.levels, args.uri, Path(args.work), args.cpus)), flush=True)
         return
