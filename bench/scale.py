@@ -189,11 +189,12 @@ def record_only(trials: int, levels: int, work: Path, sample: int = 50) -> dict:
     table.save()
     checkpoint = work / "checkpoint.parquet"
     pq.write_table(rows, checkpoint)
+    committing = range(0, trials, max(1, trials // sample))
     tic = time.process_time()
-    for i in range(0, trials, max(1, trials // sample)):
+    for i in committing:
         sweep_folder.record({RESULTS: table}, f"t_{i:05d}", {"seed": i},
                             lambda name: pq.read_table(checkpoint, schema=LEVELS_SCHEMA))
-    return {"trials": trials, "record_ms": 1000 * (time.process_time() - tic) / len(range(0, trials, max(1, trials // sample)))}
+    return {"trials": trials, "record_ms": 1000 * (time.process_time() - tic) / len(committing)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +259,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.record_only:
         for trials in args.trials:
-            print(json.dumps(record_only(trials, args.levels, Path(tempfile.mkdtemp(prefix="lth-record-")))), flush=True)
+            work = Path(tempfile.mkdtemp(prefix="lth-record-"))
+            print(json.dumps(record_only(trials, args.levels, work)), flush=True)
         return
     if args.one:
         print(json.dumps(one(args.one, args.levels, args.uri, Path(args.work), args.cpus)), flush=True)
