@@ -166,9 +166,10 @@ def _by_trial(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def record_only(trials: int, levels: int, work: Path, sample: int = 50) -> dict:
-    """The driver's record of a commit alone (no Ray): `trials` trials hold `levels - 1` levels, then `sample` of
+    """The driver's record of a commit alone (no Ray): `trials` trials record `levels - 1` levels, then `sample` of
     them commit their last level, each recorded as `Record.on_checkpoint` does (its checkpoint's rows, read
-    from a file). The cost per commit at the end of a sweep, where it is highest."""
+    from a file): the cost per commit at the end of a sweep, where it is highest. Then the time of `lth results`
+    on the table as it is mid-sweep, and after `lth results --compact`."""
     import pyarrow.parquet as pq
 
     from orchestrator import sweep_folder
@@ -184,9 +185,10 @@ def record_only(trials: int, levels: int, work: Path, sample: int = 50) -> dict:
                      for v in ([DENSE] if level == 0 else [TICKET, *CONTROLS])], LEVELS_SCHEMA)
     before_last = rows.num_rows - 1 - len(CONTROLS)
     table = sweep_folder.SweepTable(str(work), "scale", "abc123", RESULTS)
-    for i in range(trials):
-        table.set(f"t_{i:05d}", {"seed": i}, rows.slice(0, before_last))
-    table.save()
+    for level in range(1, levels):  # as a sweep records them: a file per trial and level
+        for i in range(trials):
+            table.set(f"t_{i:05d}", {"seed": i}, rows.slice(0, min(before_last, 1 + (1 + len(CONTROLS)) * level)))
+        table.save()
     checkpoint = work / "checkpoint.parquet"
     pq.write_table(rows, checkpoint)
     committing = range(0, trials, max(1, trials // sample))
@@ -194,7 +196,13 @@ def record_only(trials: int, levels: int, work: Path, sample: int = 50) -> dict:
     for i in committing:
         sweep_folder.record({RESULTS: table}, f"t_{i:05d}", {"seed": i},
                             lambda name: pq.read_table(checkpoint, schema=LEVELS_SCHEMA))
-    return {"trials": trials, "record_ms": 1000 * (time.process_time() - tic) / len(committing)}
+    out = {"trials": trials, "record_ms": 1000 * (time.process_time() - tic) / len(committing)}
+    lth = [sys.executable, "-m", "orchestrator.cli", "results", str(work)]
+    out["results_s"] = timed(lth)  # mid-sweep: the dataset's files (or the single file, before the dataset)
+    if (work / sweep_folder.dataset_dir(RESULTS)).is_dir():
+        out["compact_s"] = timed([*lth, "--compact"])
+        out["results_compacted_s"] = timed(lth)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

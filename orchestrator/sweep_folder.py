@@ -22,12 +22,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
@@ -95,7 +95,7 @@ def _compacted_from(filesystem: pafs.FileSystem, path: str) -> dict[str, int] | 
     """The dataset extent a compacted table was made from; None for a table from before the dataset (or none)."""
     try:
         with filesystem.open_input_file(path) as f:
-            found = (pq.read_metadata(f).metadata or {}).get(COMPACTED_FROM)
+            found = (pq.read_metadata(f).metadata or {}).get(COMPACTED_FROM.encode())
     except (OSError, ValueError, pa.ArrowInvalid):
         return None
     return None if found is None else json.loads(found)
@@ -110,9 +110,11 @@ def read_table(directory: str, name: str) -> pa.Table:
         found = fs.read_table(filesystem, f"{root}/{name}", schema)
         return schema.empty_table() if found is None else found.replace_schema_metadata(None)
     paths = [path for found in files.values() for _, path in found]
-    with ThreadPoolExecutor(16) as pool:  # small files: their latency, not their bytes, is the cost
-        tables = [t for t in pool.map(lambda path: fs.read_table(filesystem, path, schema), paths) if t is not None]
-    return pa.concat_tables(tables).replace_schema_metadata(None) if tables else schema.empty_table()
+    try:  # many small files: one multi-threaded scan, in the order given
+        return ds.dataset(paths, schema=schema, format="parquet", filesystem=filesystem).to_table()
+    except (OSError, pa.ArrowInvalid):  # a file no writer of ours leaves (cut short by another tool): skip it
+        tables = [t for t in (fs.read_table(filesystem, path, schema) for path in paths) if t is not None]
+        return pa.concat_tables(tables).replace_schema_metadata(None) if tables else schema.empty_table()
 
 
 def read_tables(directory: str) -> dict[str, pa.Table]:

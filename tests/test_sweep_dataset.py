@@ -46,7 +46,8 @@ def record_as_a_sweep_does(directory, trials) -> sweep_folder.SweepTable:
     return table
 
 
-def test_the_dataset_of_the_quickstart_sweep_equals_the_single_table_row_for_row(tmp_path):
+def test_the_dataset_of_the_quickstart_sweep_equals_the_single_table_row_for_row(tmp_path, monkeypatch):
+    read = fs.read_table
     trials = quickstart_trials()
     record_as_a_sweep_does(tmp_path, trials)
     files = sweep_folder.dataset_files(str(tmp_path), RESULTS)
@@ -56,7 +57,10 @@ def test_the_dataset_of_the_quickstart_sweep_equals_the_single_table_row_for_row
     assert sweep_folder.read_table(str(tmp_path), RESULTS).equals(old)
     compacted = sweep_folder.compact(str(tmp_path), RESULTS)
     assert compacted.equals(old) and pq.read_table(tmp_path / RESULTS).replace_schema_metadata(None).equals(old)
+    reads = []
+    monkeypatch.setattr(fs, "read_table", lambda *args: reads.append(args[1]) or read(*args))
     assert sweep_folder.read_table(str(tmp_path), RESULTS).equals(old)
+    assert reads == [f"{tmp_path}/{RESULTS}"]  # the compacted file alone
 
 
 def test_a_compacted_table_is_read_only_while_the_dataset_holds_no_more(tmp_path):
