@@ -98,9 +98,17 @@ def sweep_raw(trials: int, levels: int, storage: Path) -> dict:
 
 
 def timed(command: list[str]) -> float:
+    """Wall seconds of a command; its CPU seconds (user + system, what a busy machine inflates least) go
+    to CPU_SECONDS."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     tic = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SECONDS.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return time.perf_counter() - tic
+
+
+CPU_SECONDS: list[float] = []
 
 
 def one(trials: int, levels: int, uri: str, work: Path, cpus: int) -> dict:
@@ -154,8 +162,9 @@ def one(trials: int, levels: int, uri: str, work: Path, cpus: int) -> dict:
             "wall_s": wall, "driver_cpu_s": cpu, "cpu_per_level_ms": 1000 * cpu / completions,
             "record_per_level_ms": 1000 * spent[0] / completions, "peak_mb": peak, "tune_state_kb": state / 1024,
             "mlflow_runs": runs, "mlflow_runs_per_s": runs / wall, "mlflow_steps_per_s": steps / wall,
-            "results_s": timed([*lth, "results", str(folder)]),
-            "report_s": timed([*lth, "report", str(folder), "--no-mlflow", "--out", str(work / "report")])}
+            "results_s": timed([*lth, "results", str(folder)]), "results_cpu_s": CPU_SECONDS[-1],
+            "report_s": timed([*lth, "report", str(folder), "--no-mlflow", "--out", str(work / "report")]),
+            "report_cpu_s": CPU_SECONDS[-1]}
 
 
 def _by_trial(rows: list[dict]) -> dict[str, list[dict]]:
@@ -199,9 +208,11 @@ def record_only(trials: int, levels: int, work: Path, sample: int = 50) -> dict:
     out = {"trials": trials, "record_ms": 1000 * (time.process_time() - tic) / len(committing)}
     lth = [sys.executable, "-m", "orchestrator.cli", "results", str(work)]
     out["results_s"] = timed(lth)  # mid-sweep: the dataset's files (or the single file, before the dataset)
-    if (work / sweep_folder.dataset_dir(RESULTS)).is_dir():
+    out["results_cpu_s"] = CPU_SECONDS[-1]
+    if (work / RESULTS.removesuffix(".parquet")).is_dir():  # a sweep folder with the dataset
         out["compact_s"] = timed([*lth, "--compact"])
         out["results_compacted_s"] = timed(lth)
+        out["results_compacted_cpu_s"] = CPU_SECONDS[-1]
     return out
 
 
@@ -239,7 +250,7 @@ def start_mlflow(work: Path) -> tuple[subprocess.Popen, str]:
 COLUMNS = [("trials", "{:,}"), ("wall_s", "{:.1f}"), ("driver_cpu_s", "{:.1f}"), ("cpu_per_level_ms", "{:.2f}"),
            ("record_per_level_ms", "{:.2f}"), ("peak_mb", "{:.0f}"), ("tune_state_kb", "{:.0f}"),
            ("mlflow_runs_per_s", "{:.1f}"), ("mlflow_steps_per_s", "{:.0f}"), ("results_s", "{:.2f}"),
-           ("report_s", "{:.2f}")]
+           ("results_cpu_s", "{:.2f}"), ("report_s", "{:.2f}"), ("report_cpu_s", "{:.2f}")]
 RATIOS = ["cpu_per_level_ms", "record_per_level_ms", "results_s", "report_s"]
 
 
