@@ -12,7 +12,9 @@ The driver is the tables' only writer: after every commit a trial checkpoints, t
 commit added as one new file of that trial's (a temporary file renamed on a local disk; one PUT on object
 stores), never rewriting one, so its work per commit does not grow with the sweep and readers, pandas,
 DuckDB and polars included, always see complete files, each row once. A compacted file records the dataset
-files it holds; readers take it while the dataset has no more. A sweep folder from before the datasets has
+extent it holds (each trial's rows); readers take it and the dataset's later files. The driver rewrites it
+from the rows it holds every so many files (at least as many as there are trials), so that mid-sweep readers
+scan few small files, at a cost per commit that stays flat. A sweep folder from before the datasets has
 only the single file: it reads as it is, and a resumed driver starts its dataset from it. Trial checkpoints
 hold the same rows, so `collect` can rebuild the tables from them.
 """
@@ -102,19 +104,31 @@ def _compacted_from(filesystem: pafs.FileSystem, path: str) -> dict[str, int] | 
 
 
 def read_table(directory: str, name: str) -> pa.Table:
-    """One of the sweep's tables (empty if it has none yet): its compacted file where that holds everything the
-    dataset does (or where there is no dataset: a sweep folder from before it), else the dataset's files."""
+    """One of the sweep's tables (empty if it has none yet): its compacted file and the dataset's files that
+    came after it, each trial's rows in order, the trials in id order; a sweep folder from before the dataset
+    has its single file alone."""
     filesystem, root = fs.filesystem(directory)
     schema, files = sweep_schema(name), dataset_files(directory, name)
-    if not files or _compacted_from(filesystem, f"{root}/{name}") == _extent(files):
-        found = fs.read_table(filesystem, f"{root}/{name}", schema)
-        return schema.empty_table() if found is None else found.replace_schema_metadata(None)
-    paths = [path for found in files.values() for _, path in found]
+    extent = _compacted_from(filesystem, f"{root}/{name}")
+    base = fs.read_table(filesystem, f"{root}/{name}", schema) if extent is not None or not files else None
+    if not files:
+        return schema.empty_table() if base is None else base.replace_schema_metadata(None)
+    if base is None:
+        base, extent = schema.empty_table(), {}
+    paths = [path for t, found in files.items() for rows, path in found if rows > extent.get(t, 0)]
+    if not paths:
+        return base.replace_schema_metadata(None)
     try:  # many small files: one multi-threaded scan, in the order given
-        return ds.dataset(paths, schema=schema, format="parquet", filesystem=filesystem).to_table()
+        newer = ds.dataset(paths, schema=schema, format="parquet", filesystem=filesystem).to_table()
     except (OSError, pa.ArrowInvalid):  # a file no writer of ours leaves (cut short by another tool): skip it
-        tables = [t for t in (fs.read_table(filesystem, path, schema) for path in paths) if t is not None]
-        return pa.concat_tables(tables).replace_schema_metadata(None) if tables else schema.empty_table()
+        newer = pa.concat_tables([schema.empty_table(), *filter(None, (fs.read_table(filesystem, path, schema)
+                                                                       for path in paths))])
+    return by_trial(pa.concat_tables([base.replace_schema_metadata(None), newer]))
+
+
+def by_trial(table: pa.Table) -> pa.Table:
+    """The trials in id order, each trial's rows as they were (a stable sort)."""
+    return table.take(pc.sort_indices(table, sort_keys=[("trial_id", "ascending")]))
 
 
 def read_tables(directory: str) -> dict[str, pa.Table]:
@@ -124,16 +138,18 @@ def read_tables(directory: str) -> dict[str, pa.Table]:
 
 def compact(directory: str, name: str) -> pa.Table:
     """Write the table as one file, `<name>` beside its dataset, recording the dataset extent it holds (readers
-    use it while the dataset holds no more); returns the table. Nothing is written for a sweep folder from
+    then read only the dataset's later files); returns the table. Nothing is written for a sweep folder from
     before the dataset, whose single file is the whole table."""
     filesystem, root = fs.filesystem(directory)
-    files = dataset_files(directory, name)
+    files = dataset_files(directory, name)  # listed before reading: a later file is not in the extent
     table = read_table(directory, name)
     if files and _compacted_from(filesystem, f"{root}/{name}") != _extent(files):
-        # Listed before reading: a file written meanwhile makes the extents differ, and readers skip this copy.
-        metadata = {COMPACTED_FROM: json.dumps(_extent(files))}
-        fs.write_table(table.replace_schema_metadata(metadata), directory, name)
+        write_compacted(table, directory, name, _extent(files))
     return table
+
+
+def write_compacted(table: pa.Table, directory: str, name: str, extent: Mapping[str, int]) -> None:
+    fs.write_table(table.replace_schema_metadata({COMPACTED_FROM: json.dumps(dict(extent))}), directory, name)
 
 
 def sweep_rows(trial_rows: pa.Table, name: str, sweep: str, sweep_id: str, trial_id: str,
@@ -147,19 +163,25 @@ def sweep_rows(trial_rows: pa.Table, name: str, sweep: str, sweep_id: str, trial
 
 
 class SweepTable:
-    """The driver's record of one of the sweep's tables (`name`): how many rows of each trial its dataset
-    holds. A trial's new rows go to a file of their own, written once: the driver's work per commit is the
-    same in a sweep of ten trials or ten thousand."""
+    """The driver's record of one of the sweep's tables (`name`). A trial's new rows go to a file of their own,
+    written once; now and then (every `compact_every` files, at least one per trial) the driver also writes the
+    table compacted from what it holds, so that readers mid-sweep read one file and few small ones. The
+    driver's work per commit is the same in a sweep of ten trials or ten thousand."""
+
+    compact_every = 256
 
     def __init__(self, directory: str, sweep: str, sweep_id: str, name: str):
         self.directory, self.sweep, self.sweep_id, self.name = directory, sweep, sweep_id, name
         self.rows = _extent(dataset_files(directory, name))  # trial id -> rows recorded
         self.pending: dict[str, pa.Table] = {}  # trial id -> rows set but not yet written
+        self.held = read_table(directory, name)  # every written row, as readers see them
+        self.recent: list[pa.Table] = []  # files written since `held` was last compacted
         if not self.rows:  # a sweep folder from before the dataset: its single table becomes the dataset's start
-            existing = read_table(directory, name)
-            for t in existing.column("trial_id").unique().to_pylist():
-                self.pending[t] = existing.filter(pc.equal(existing.column("trial_id"), t))
+            for t in self.held.column("trial_id").unique().to_pylist():
+                self.pending[t] = self.held.filter(pc.equal(self.held.column("trial_id"), t))
                 self.rows[t] = self.pending[t].num_rows
+            self.save()
+            self.recent = []
 
     def set(self, trial_id: str, overrides: Mapping[str, Any], trial_rows: pa.Table) -> bool:
         """Set a trial's rows; False if they add nothing (a trial only ever adds rows)."""
@@ -176,7 +198,11 @@ class SweepTable:
         for trial_id in list(self.pending):
             fs.write_table(self.pending[trial_id], f"{self.directory.rstrip('/')}/{dataset_dir(self.name)}",
                            _file_name(trial_id, self.rows[trial_id]))
-            del self.pending[trial_id]  # only once written: a failed write is retried by the next save
+            self.recent.append(self.pending.pop(trial_id))  # only once written: a failed write is retried
+        if len(self.recent) >= max(self.compact_every, len(self.rows)):  # amortised: rows held / rows written
+            self.held = by_trial(pa.concat_tables([self.held, *self.recent]))
+            self.recent = []
+            write_compacted(self.held, self.directory, self.name, self.rows)  # nothing is pending here
 
     def table(self) -> pa.Table:
         self.save()

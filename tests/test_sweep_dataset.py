@@ -63,7 +63,7 @@ def test_the_dataset_of_the_quickstart_sweep_equals_the_single_table_row_for_row
     assert reads == [f"{tmp_path}/{RESULTS}"]  # the compacted file alone
 
 
-def test_a_compacted_table_is_read_only_while_the_dataset_holds_no_more(tmp_path):
+def test_a_compacted_table_is_read_with_the_files_written_after_it(tmp_path):
     trials = quickstart_trials()
     table = record_as_a_sweep_does(tmp_path, trials)
     sweep_folder.compact(str(tmp_path), RESULTS)
@@ -75,6 +75,22 @@ def test_a_compacted_table_is_read_only_while_the_dataset_holds_no_more(tmp_path
     sweep_folder.compact(str(tmp_path), RESULTS)
     assert json.loads(pq.read_metadata(tmp_path / RESULTS).metadata[sweep_folder.COMPACTED_FROM.encode()]) == \
         {t: more.num_rows for t in [*trials, "b0000_00000"]}
+
+
+def test_the_driver_compacts_mid_sweep_and_readers_add_the_files_after(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_folder.SweepTable, "compact_every", 3)  # at least one per trial: every 8 files
+    trials = quickstart_trials()
+    table = record_as_a_sweep_does(tmp_path, trials)
+    extent = json.loads(pq.read_metadata(tmp_path / RESULTS).metadata[sweep_folder.COMPACTED_FROM.encode()])
+    after = [rows for t, found in sweep_folder.dataset_files(str(tmp_path), RESULTS).items() for rows, _ in found
+             if rows > extent.get(t, 0)]
+    assert len(after) < len(trials)  # readers scan fewer files than there are trials beside the compacted table
+    assert pq.read_table(tmp_path / RESULTS).num_rows == sum(extent.values())
+    overrides, rows = trials["a64cd_00003"]
+    trials["a64cd_00003"] = overrides, pa.concat_tables([rows, trial_rows(0.01, 3, LEVELS + 1).slice(rows.num_rows)])
+    assert table.set("a64cd_00003", overrides, trials["a64cd_00003"][1])
+    table.save()  # one more file
+    assert sweep_folder.read_table(str(tmp_path), RESULTS).equals(single_table(trials))
 
 
 def test_a_failed_write_is_written_by_the_next_save(tmp_path, monkeypatch):
