@@ -174,11 +174,12 @@ def _by_trial(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def record_only(trials: int, levels: int, work: Path, sample: int = 50) -> dict:
-    """The driver's record of a commit alone (no Ray): `trials` trials record `levels - 1` levels, then `sample` of
-    them commit their last level, each recorded as `Record.on_checkpoint` does (its checkpoint's rows, read
-    from a file): the cost per commit at the end of a sweep, where it is highest. Then the time of `lth results`
-    on the table as it is mid-sweep, and after `lth results --compact`."""
+def record_only(trials: int, levels: int, work: Path, sample: int = 0) -> dict:
+    """The driver's record of a commit alone (no Ray): `trials` trials record `levels - 1` levels, then every
+    trial (or `sample` of them, evenly spaced) commits its last level, each recorded as `Record.on_checkpoint`
+    does (its checkpoint's rows, read from a file): the cost per commit at the end of a sweep, where it is
+    highest. Then the time of `lth results` on the table as it is mid-sweep, and after `lth results --compact`."""
+
     import pyarrow.parquet as pq
 
     from orchestrator import sweep_folder
@@ -200,7 +201,7 @@ def record_only(trials: int, levels: int, work: Path, sample: int = 50) -> dict:
         table.save()
     checkpoint = work / "checkpoint.parquet"
     pq.write_table(rows, checkpoint)
-    committing = range(0, trials, max(1, trials // sample))
+    committing = range(0, trials, max(1, trials // sample) if sample else 1)
     tic = time.process_time()
     for i in committing:
         sweep_folder.record({RESULTS: table}, f"t_{i:05d}", {"seed": i},
@@ -272,6 +273,8 @@ def main() -> None:
     parser.add_argument("--label", default="", help="a title for the table (e.g. before, after)")
     parser.add_argument("--record-only", action="store_true", help="time the driver's record of a commit alone, "
                         "without Ray, at the end of a sweep of each size")
+    parser.add_argument("--sample", type=int, default=0, help="with --record-only: time this many trials' last "
+                        "commits (default: all; the single-table record takes seconds each at 10,000 trials)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -279,7 +282,7 @@ def main() -> None:
     if args.record_only:
         for trials in args.trials:
             work = Path(tempfile.mkdtemp(prefix="lth-record-"))
-            print(json.dumps(record_only(trials, args.levels, work)), flush=True)
+            print(json.dumps(record_only(trials, args.levels, work, args.sample)), flush=True)
         return
     if args.one:
         print(json.dumps(one(args.one, args.levels, args.uri, Path(args.work), args.cpus)), flush=True)
