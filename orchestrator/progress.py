@@ -1,5 +1,7 @@
 """What the terminal shows while a sweep runs: a line per commit (the workflow's progress line), a line per
-finished, retried or failed trial, and the trial counts when they change."""
+finished, retried or failed trial, and the trial counts when they change. Beyond `SUMMARY_ABOVE` trials the
+lines per commit and per finished trial give way to one summary line every 30 s (a 1,000-trial, 20-level
+sweep would print 20,000 lines); failures and retries keep their line."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from ray.tune import Callback
 
 from orchestrator.spec import SweepSpec
 from orchestrator.trial import PERMANENT_ERROR
+
+SUMMARY_ABOVE = 64  # trials: beyond, summary lines instead of a line per commit
 
 
 def _display_only(method):
@@ -36,13 +40,16 @@ def last_error(trial) -> str:
 class Progress(Callback):
     """Live progress: a line per commit and per trial that stops, and trial counts when they change."""
 
-    def __init__(self, spec: SweepSpec, every: float = 30.0):
+    def __init__(self, spec: SweepSpec, every: float = 30.0, summary_above: int = SUMMARY_ABOVE):
         self.spec, self.every = spec, every
+        grid = spec.grid()
+        self.summary = (len(grid) if grid is not None else spec.search.num_samples) > summary_above
         self.labels: dict[str, str] = {}
         self.mlflow_failures: dict[str, int] = {}
         self.permanent: set[str] = set()
         self.last_counts: tuple | None = None
-        self.last_time = 0.0
+        self.last_time = self.last_look = 0.0
+        self.commits = self.last_commits = 0
 
     def _print(self, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
@@ -64,15 +71,21 @@ class Progress(Callback):
             self._print(f"{self._label(trial)}: FAILED, not retried (a retry cannot fix it): {result[PERMANENT_ERROR]}"
                         f" (traceback: {trial.path}/error.txt)")
             return
-        self._print(f"{self._label(trial)}: {self.spec.workflow.progress_line(result)}")
+        self.commits += 1
+        if not self.summary:
+            self._print(f"{self._label(trial)}: {self.spec.workflow.progress_line(result)}")
         if result.get("mlflow_failures", 0) > self.mlflow_failures.get(trial.trial_id, 0):
+            first = trial.trial_id not in self.mlflow_failures
             self.mlflow_failures[trial.trial_id] = result["mlflow_failures"]
+            if self.summary and not first:
+                return  # the summary line counts the trials whose logging fails
             self._print(f"{self._label(trial)}: MLflow logging failed {result['mlflow_failures']} time(s), retrying; "
                         "results are safe in Parquet")
 
     @_display_only
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._print(f"{self._label(trial)}: done")
+        if not self.summary:
+            self._print(f"{self._label(trial)}: done")
 
     @_display_only
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -86,13 +99,35 @@ class Progress(Callback):
 
     @_display_only
     def on_step_end(self, iteration, trials, **info):
+        now = time.time()
+        if now - self.last_look < 1.0:  # counting is a pass over every trial; Tune steps many times a second
+            return
+        self.last_look = now
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
         key = tuple(sorted(counts.items()))
-        if key != self.last_counts or time.time() - self.last_time > self.every:
-            self.last_counts, self.last_time = key, time.time()
-            names = [("RUNNING", "running"), ("PENDING", "pending"), ("TERMINATED", "done"), ("ERROR", "failed"),
-                     ("PAUSED", "paused")]
-            self._print("trials: " + ", ".join(f"{counts.get(s, 0)} {n}" for s, n in names if counts.get(s) or
-                                               s in ("RUNNING", "PENDING", "TERMINATED")))
+        if now - self.last_time > self.every or (key != self.last_counts and not self.summary):
+            self._counts(counts, now)
+            self.last_counts = key
+
+    @_display_only
+    def on_experiment_end(self, trials, **info):
+        if self.summary:
+            counts: dict[str, int] = {}
+            for t in trials:
+                counts[t.status] = counts.get(t.status, 0) + 1
+            self._counts(counts, time.time())
+
+    def _counts(self, counts: dict[str, int], now: float) -> None:
+        names = [("RUNNING", "running"), ("PENDING", "pending"), ("TERMINATED", "done"), ("ERROR", "failed"),
+                 ("PAUSED", "paused")]
+        line = "trials: " + ", ".join(f"{counts.get(s, 0)} {n}" for s, n in names if counts.get(s) or
+                                      s in ("RUNNING", "PENDING", "TERMINATED"))
+        if self.summary:
+            rate = (self.commits - self.last_commits) / max(now - self.last_time, 1e-9) if self.last_time else 0.0
+            line += f"; {self.commits:,} {self.spec.workflow.unit}s committed ({rate:.1f}/s)"
+            if self.mlflow_failures:
+                line += f"; MLflow logging failed in {len(self.mlflow_failures)} trials, retrying (Parquet has all)"
+        self.last_time, self.last_commits = now, self.commits
+        self._print(line)

@@ -2,14 +2,21 @@
 
     sweep.yaml            the sweep file with its base config resolved: all `lth sweep resume` needs
     sweep.json            the sweep's id and MLflow location, fixed at its first launch
-    results.parquet, ...  the sweep's tables: every trial's rows, the sweep's columns in front
+    results/, ...         the sweep's tables as Parquet datasets: every trial's rows, the sweep's columns in
+                          front, in files `<trial id>-<rows so far, 6 digits>.parquet`
+    results.parquet, ...  each table compacted into one file, when the sweep ends (or `lth results --compact`)
     trial_<id>/           Tune's trial folder: params.json, checkpoint_NNNNNN/ (the run folder as of a commit)
     experiment_state-*    Tune's own state
 
-The driver is the tables' only writer: after every commit a trial checkpoints, the driver replaces that
-trial's rows with the checkpoint's and rewrites the table atomically (a temporary file renamed over the
-old one; one whole object on object stores), so readers, pandas, DuckDB and polars included, always see
-a complete table. Trial checkpoints hold the same rows, so `collect` can rebuild the tables from them.
+The driver is the tables' only writer: after every commit a trial checkpoints, the driver writes the rows the
+commit added as one new file of that trial's (a temporary file renamed on a local disk; one PUT on object
+stores), never rewriting one, so its work per commit does not grow with the sweep and readers, pandas,
+DuckDB and polars included, always see complete files, each row once. A compacted file records the dataset
+extent it holds (each trial's rows); readers take it and the dataset's later files. The driver rewrites it
+from the rows it holds every so many files (at least as many as there are trials), so that mid-sweep readers
+scan few small files, at a cost per commit that stays flat. A sweep folder from before the datasets has
+only the single file: it reads as it is, and a resumed driver starts its dataset from it. Trial checkpoints
+hold the same rows, so `collect` can rebuild the tables from them.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import yaml
 
 from orchestrator import fs
@@ -44,22 +53,103 @@ SWEEP_COLUMNS = [
     ("trial_id", pa.string()),  # Ray Tune's trial id
     ("overrides", pa.string()),  # JSON: the dotted config keys this trial sets on the sweep's base
 ]
+COMPACTED_FROM = "lth.compacted_from"  # a compacted table's metadata: {trial id: rows} of the dataset it holds
 
 
 def sweep_schema(name: str) -> pa.Schema:
     return pa.schema([*SWEEP_COLUMNS, *table_schemas()[name]])
 
 
+def dataset_dir(name: str) -> str:
+    """The folder of a table's dataset: results.parquet -> results/."""
+    return name.removesuffix(".parquet")
+
+
+def _file_name(trial_id: str, rows: int) -> str:
+    return f"{trial_id}-{rows:06d}.parquet"
+
+
+def _parse(base_name: str) -> tuple[str, int] | None:
+    """(trial id, its rows up to and including this file) from a dataset file's name; None for other files
+    (a writer's temporary `.*.tmp`)."""
+    if base_name.startswith((".", "_")) or not base_name.endswith(".parquet"):
+        return None
+    trial_id, _, rows = base_name.removesuffix(".parquet").rpartition("-")
+    return (trial_id, int(rows)) if trial_id and rows.isdigit() else None
+
+
+def dataset_files(directory: str, name: str) -> dict[str, list[tuple[int, str]]]:
+    """trial id -> [(its rows up to and including the file, path)] of a table's dataset, in row order."""
+    filesystem, root = fs.filesystem(directory)
+    out: dict[str, list[tuple[int, str]]] = {}
+    for info in filesystem.get_file_info(pafs.FileSelector(f"{root}/{dataset_dir(name)}", allow_not_found=True)):
+        if info.type == pafs.FileType.File and (parsed := _parse(info.base_name)) is not None:
+            out.setdefault(parsed[0], []).append((parsed[1], info.path))
+    return {t: sorted(files) for t, files in sorted(out.items())}
+
+
+def _extent(files: Mapping[str, list[tuple[int, str]]]) -> dict[str, int]:
+    """trial id -> rows the dataset holds: what a compacted table records it was made from."""
+    return {t: found[-1][0] for t, found in files.items()}
+
+
+def _compacted_from(filesystem: pafs.FileSystem, path: str) -> dict[str, int] | None:
+    """The dataset extent a compacted table was made from; None for a table from before the dataset (or none)."""
+    try:
+        with filesystem.open_input_file(path) as f:
+            found = (pq.read_metadata(f).metadata or {}).get(COMPACTED_FROM.encode())
+    except (OSError, ValueError, pa.ArrowInvalid):
+        return None
+    return None if found is None else json.loads(found)
+
+
 def read_table(directory: str, name: str) -> pa.Table:
-    """One of the sweep's tables (empty if it has none yet)."""
-    fs_, root = fs.filesystem(directory)
-    found = fs.read_table(fs_, f"{root}/{name}", sweep_schema(name))
-    return sweep_schema(name).empty_table() if found is None else found
+    """One of the sweep's tables (empty if it has none yet): its compacted file and the dataset's files that
+    came after it, each trial's rows in order, the trials in id order; a sweep folder from before the dataset
+    has its single file alone."""
+    filesystem, root = fs.filesystem(directory)
+    schema, files = sweep_schema(name), dataset_files(directory, name)
+    extent = _compacted_from(filesystem, f"{root}/{name}")
+    base = fs.read_table(filesystem, f"{root}/{name}", schema) if extent is not None or not files else None
+    if not files:
+        return schema.empty_table() if base is None else base.replace_schema_metadata(None)
+    if base is None:
+        base, extent = schema.empty_table(), {}
+    paths = [path for t, found in files.items() for rows, path in found if rows > extent.get(t, 0)]
+    if not paths:
+        return base.replace_schema_metadata(None)
+    try:  # many small files: one multi-threaded scan, in the order given
+        newer = ds.dataset(paths, schema=schema, format="parquet", filesystem=filesystem).to_table()
+    except (OSError, pa.ArrowInvalid):  # a file no writer of ours leaves (cut short by another tool): skip it
+        newer = pa.concat_tables([schema.empty_table(), *filter(None, (fs.read_table(filesystem, path, schema)
+                                                                       for path in paths))])
+    return by_trial(pa.concat_tables([base.replace_schema_metadata(None), newer]))
+
+
+def by_trial(table: pa.Table) -> pa.Table:
+    """The trials in id order, each trial's rows as they were (a stable sort)."""
+    return table.take(pc.sort_indices(table, sort_keys=[("trial_id", "ascending")]))
 
 
 def read_tables(directory: str) -> dict[str, pa.Table]:
     """Every table a sweep folder can hold, by file name (empty where it has none)."""
     return {name: read_table(directory, name) for name in table_schemas()}
+
+
+def compact(directory: str, name: str) -> pa.Table:
+    """Write the table as one file, `<name>` beside its dataset, recording the dataset extent it holds (readers
+    then read only the dataset's later files); returns the table. Nothing is written for a sweep folder from
+    before the dataset, whose single file is the whole table."""
+    filesystem, root = fs.filesystem(directory)
+    files = dataset_files(directory, name)  # listed before reading: a later file is not in the extent
+    table = read_table(directory, name)
+    if files and _compacted_from(filesystem, f"{root}/{name}") != _extent(files):
+        write_compacted(table, directory, name, _extent(files))
+    return table
+
+
+def write_compacted(table: pa.Table, directory: str, name: str, extent: Mapping[str, int]) -> None:
+    fs.write_table(table.replace_schema_metadata({COMPACTED_FROM: json.dumps(dict(extent))}), directory, name)
 
 
 def sweep_rows(trial_rows: pa.Table, name: str, sweep: str, sweep_id: str, trial_id: str,
@@ -73,28 +163,50 @@ def sweep_rows(trial_rows: pa.Table, name: str, sweep: str, sweep_id: str, trial
 
 
 class SweepTable:
-    """The driver's copy of one of the sweep's tables (`name`), rewritten whole after every update."""
+    """The driver's record of one of the sweep's tables (`name`). A trial's new rows go to a file of their own,
+    written once; now and then (every `compact_every` files, at least one per trial) the driver also writes the
+    table compacted from what it holds, so that readers mid-sweep read one file and few small ones. The
+    driver's work per commit is the same in a sweep of ten trials or ten thousand."""
+
+    compact_every = 256
 
     def __init__(self, directory: str, sweep: str, sweep_id: str, name: str):
         self.directory, self.sweep, self.sweep_id, self.name = directory, sweep, sweep_id, name
-        existing = read_table(directory, name)
-        self.trials: dict[str, pa.Table] = {
-            t: existing.filter(pc.equal(existing.column("trial_id"), t))
-            for t in existing.column("trial_id").unique().to_pylist()}
+        self.rows = _extent(dataset_files(directory, name))  # trial id -> rows recorded
+        self.pending: dict[str, pa.Table] = {}  # trial id -> rows set but not yet written
+        self.held = read_table(directory, name)  # every written row, as readers see them
+        self.recent: list[pa.Table] = []  # files written since `held` was last compacted
+        if not self.rows:  # a sweep folder from before the dataset: its single table becomes the dataset's start
+            for t in self.held.column("trial_id").unique().to_pylist():
+                self.pending[t] = self.held.filter(pc.equal(self.held.column("trial_id"), t))
+                self.rows[t] = self.pending[t].num_rows
+            self.save()
+            self.recent = []
 
     def set(self, trial_id: str, overrides: Mapping[str, Any], trial_rows: pa.Table) -> bool:
         """Set a trial's rows; False if they add nothing (a trial only ever adds rows)."""
-        if trial_id in self.trials and self.trials[trial_id].num_rows >= trial_rows.num_rows:
+        have = self.rows.get(trial_id, 0)
+        if trial_rows.num_rows <= have:
             return False
-        self.trials[trial_id] = sweep_rows(trial_rows, self.name, self.sweep, self.sweep_id, trial_id, overrides)
+        new = sweep_rows(trial_rows.slice(have), self.name, self.sweep, self.sweep_id, trial_id, overrides)
+        self.pending[trial_id] = pa.concat_tables([self.pending[trial_id], new]) if trial_id in self.pending else new
+        self.rows[trial_id] = trial_rows.num_rows
         return True
 
     def save(self) -> None:
-        fs.write_table(self.table(), self.directory, self.name)
+        """Write each trial's rows set since the last save as one file, named by the trial's rows up to it."""
+        for trial_id in list(self.pending):
+            fs.write_table(self.pending[trial_id], f"{self.directory.rstrip('/')}/{dataset_dir(self.name)}",
+                           _file_name(trial_id, self.rows[trial_id]))
+            self.recent.append(self.pending.pop(trial_id))  # only once written: a failed write is retried
+        if len(self.recent) >= max(self.compact_every, len(self.rows)):  # amortised: rows held / rows written
+            self.held = by_trial(pa.concat_tables([self.held, *self.recent]))
+            self.recent = []
+            write_compacted(self.held, self.directory, self.name, self.rows)  # nothing is pending here
 
     def table(self) -> pa.Table:
-        tables = [self.trials[t] for t in sorted(self.trials)]
-        return pa.concat_tables(tables) if tables else sweep_schema(self.name).empty_table()
+        self.save()
+        return read_table(self.directory, self.name)
 
 
 def sweep_tables(directory: str, sweep: str, sweep_id: str, flow: Workflow) -> dict[str, SweepTable]:

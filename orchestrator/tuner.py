@@ -12,6 +12,9 @@ from typing import Any, Mapping
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our Progress callback is the display
 os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # one line per failure (Progress); tracebacks in files
+# Tune's own per-result files (result.json, progress.csv, TensorBoard events in every trial folder), written by
+# the driver for every result of every trial: the Parquet record and MLflow hold the same numbers.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -212,8 +215,9 @@ def run(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None = Non
     results = tuner.fit()
     ray.kill(claims)
     trials = sweep_folder.collect(tables, flow, spec.overrides)
+    final = {name: sweep_folder.compact(spec.folder, name) for name in tables}  # one file each, for whoever wants it
     if target is not None:
         statuses = {Path(r.path).name[len(sweep_folder.TRIAL_PREFIX):]: "FAILED" if r.error else "FINISHED"
                     for r in results}
-        sync_folder(spec, target, {name: t.table() for name, t in tables.items()}, statuses, trials)
+        sync_folder(spec, target, final, statuses, trials)
     return results

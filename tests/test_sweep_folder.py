@@ -82,8 +82,8 @@ def test_a_trial_only_ever_adds_rows(tmp_path):
     assert not table.set("t0", {"train.lr": 0.01, "seed": 0}, trial_rows(0.01, 0, levels=1))
     assert table.set("t0", {"train.lr": 0.01, "seed": 0}, trial_rows(0.01, 0, levels=3))
     table.save()
-    reread = sweep_folder.SweepTable(str(tmp_path), "study", "abc123", RESULTS)  # a resumed driver starts from the file
-    assert reread.trials["t0"].num_rows == 7 and reread.table().num_rows == 7 + 5 * 5
+    reread = sweep_folder.SweepTable(str(tmp_path), "study", "abc123", RESULTS)  # a resumed driver starts from the files
+    assert reread.rows["t0"] == 7 and reread.table().num_rows == 7 + 5 * 5
 
 
 WRITER = textwrap.dedent("""
@@ -91,7 +91,7 @@ WRITER = textwrap.dedent("""
     from orchestrator import sweep_folder
     from tests.test_sweep_folder import trial_rows
     table = sweep_folder.SweepTable(sys.argv[1], "study", "abc123", "results.parquet")
-    rows = trial_rows(0.01, 0, levels=400)  # built once: the loop's time goes to rewriting the table
+    rows = trial_rows(0.01, 0, levels=1000)  # built once: the loop's time goes to writing the files
     for i in range(10_000):
         table.set(f"t{i}", {"train.lr": 0.01, "seed": i}, rows)
         table.save()
@@ -101,8 +101,8 @@ WRITER = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_a_writer_killed_mid_write_leaves_every_committed_row_readable(tmp_path):
-    """SIGKILL at several moments while the table is being rewritten; each rewrite takes longer as
-    it grows, so most kills land mid-write (and leave the writer's temporary file behind)."""
+    """SIGKILL at several moments while the writer writes a trial's file, which is most of its time, so most
+    kills land mid-write (and leave the writer's temporary file behind): the dataset reads, each row once."""
     interrupted = 0
     for attempt, commits in enumerate((5, 20, 40, 10, 30, 50)):
         directory = tmp_path / str(attempt)
@@ -112,13 +112,13 @@ def test_a_writer_killed_mid_write_leaves_every_committed_row_readable(tmp_path)
         time.sleep(0.005 * attempt)
         writer.send_signal(signal.SIGKILL)
         committed += [int(line) for line in writer.communicate()[0].split()]
-        interrupted += bool(list(directory.glob(".*.tmp")))
-        table = pq.read_table(directory / RESULTS)
+        interrupted += bool(list(directory.rglob(".*.tmp")))
+        table = sweep_folder.read_table(str(directory), RESULTS)
         trials = set(table.column("trial_id").to_pylist())
         # Every printed commit is there; at most the one being written when killed is there too.
         assert {f"t{i}" for i in range(committed[-1])} <= trials
         assert len(trials) <= committed[-1] + 1
-        assert table.num_rows == len(trials) * 801 and table.schema.equals(sweep_folder.sweep_schema(RESULTS))
+        assert table.num_rows == len(trials) * 2001 and table.schema.equals(sweep_folder.sweep_schema(RESULTS))
         if interrupted >= 2:
             break
     assert interrupted >= 1, "no kill landed mid-write"
@@ -126,23 +126,28 @@ def test_a_writer_killed_mid_write_leaves_every_committed_row_readable(tmp_path)
 
 READER = textwrap.dedent("""
     import sys
-    import duckdb, pandas, polars
-    path = sys.argv[1]
-    n_pandas = len(pandas.read_parquet(path))
-    n_polars = polars.read_parquet(path).filter(polars.col("variant") == "ticket").height
-    n_duck = duckdb.sql(f"SELECT count(*) FROM '{path}' WHERE level = 0").fetchall()[0][0]
-    finished = str(polars.read_parquet(path)["finished_at"].dtype)
+    import duckdb, pandas, polars, pyarrow.dataset
+    folder, single = sys.argv[1:]  # the dataset (results/) as README reads it, or the compacted results.parquet
+    files = f"{folder}/*.parquet"
+    for path, glob in ((folder, files), (single, single)):
+        n_arrow = pyarrow.dataset.dataset(path, format="parquet").count_rows()
+        n_pandas = len(pandas.read_parquet(path))
+        n_polars = polars.read_parquet(glob).filter(polars.col("variant") == "ticket").height
+        n_duck = duckdb.sql(f"SELECT count(*) FROM '{glob}' WHERE level = 0").fetchall()[0][0]
+        finished = str(polars.read_parquet(glob)["finished_at"].dtype)
+        print(n_arrow, n_pandas, n_polars, n_duck, finished)
     assert not any(m.split(".")[0] in ("orchestrator", "trainables") for m in sys.modules)
-    print(n_pandas, n_polars, n_duck, finished)
 """)
 
 
 @pytest.mark.slow
-def test_the_table_reads_with_pandas_duckdb_and_polars_alone(tmp_path):
+def test_the_table_reads_with_pyarrow_pandas_duckdb_and_polars_alone(tmp_path):
     sweep_table(tmp_path)
-    out = subprocess.run([sys.executable, "-I", "-c", READER, str(tmp_path / RESULTS)],
-                         capture_output=True, text=True, cwd=tmp_path, check=True).stdout.split()
-    assert out[:3] == ["30", "12", "6"] and out[3].startswith("Datetime")
+    sweep_folder.compact(str(tmp_path), RESULTS)
+    out = subprocess.run([sys.executable, "-I", "-c", READER, str(tmp_path / "results"), str(tmp_path / RESULTS)],
+                         capture_output=True, text=True, cwd=tmp_path, check=True).stdout.splitlines()
+    for line in out:
+        assert line.split()[:4] == ["30", "30", "12", "6"] and line.split()[4].startswith("Datetime")
 
 
 def test_every_column_is_documented_in_the_readme():

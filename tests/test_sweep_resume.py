@@ -75,7 +75,7 @@ def test_resume_after_the_driver_is_killed_trains_no_finished_level_twice(tmp_pa
     try:
         link = next(line.strip() for line in ui.stdout if line.strip().startswith("http://127.0.0.1:"))
         url = link.split("/#/")[0]
-        assert link.endswith("runs?workflowType=machine_learning")
+        assert "runs?workflowType=machine_learning&searchFilter=tags.%60lth.sweep_id%60%20%3D%20" in link  # its runs
         assert_level_with_parquet(url, "killed", tmp_path / "store" / "killed")
         _, children = sweep_runs(url, "killed")
         assert len(children) == 4 and link.split("/experiments/")[1].split("/")[0] == \

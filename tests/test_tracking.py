@@ -187,3 +187,23 @@ def test_a_stability_sweep_analyses_the_masks_of_a_finished_imp_sweep(tmp_path, 
     assert tags(run)["lth.mask_source"] == mask_entry["source"]
     files = {f["path"] for f in rest(server.url, "artifacts/list", run_id=run["info"]["run_id"])["files"]}
     assert {"sparsity.csv", "final_mask.npz", "error_vs_alpha.png"} <= files
+
+
+def test_a_sweep_folder_from_before_the_datasets_reads_resumes_reports_and_syncs(tmp_path, log, server, capsys):
+    import shutil
+
+    from orchestrator import sweep_folder
+
+    spec = sweep_spec(tmp_path / "store", name="single", space={"prune.rate": [0.2, 0.5]})
+    assert tuner.run(spec, tracking_uri=server.url).num_terminated == 2
+    folder = tmp_path / "store" / "single"
+    table = pq.read_table(folder / "results.parquet").replace_schema_metadata(None)
+    shutil.rmtree(folder / "results")
+    pq.write_table(table, folder / "results.parquet")  # the folder as drivers left it before the datasets
+    assert main(["results", str(folder)]) == 0 and f"{table.num_rows} rows from" in capsys.readouterr().out
+    assert tuner.run(sweep_folder.load_spec(str(folder)), resume=True).num_terminated == 2
+    assert len(sweep_folder.dataset_files(str(folder), "results.parquet")) == 2  # the resumed driver's start
+    assert sweep_folder.read_table(str(folder), "results.parquet").equals(table)
+    assert main(["mlflow", "sync", str(folder)]) == 0 and "0 of 2 trial runs updated" in capsys.readouterr().out
+    assert_level_with_parquet(server.url, "single", folder)
+    assert main(["report", str(folder), "--no-mlflow"]) == 0 and (folder / "report" / "report.html").exists()

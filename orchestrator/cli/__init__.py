@@ -68,7 +68,9 @@ COMMANDS = (
         arg("dir", help="the sweep folder: <storage>/<name>"),
         arg("--format", choices=["table", "csv", "json"], default="table"),
         arg("--column", choices=["test_accuracy", "early_stop_accuracy", "start_accuracy"], default="test_accuracy",
-            help="what is summarised: accuracy at the end, at the early-stop iteration, or before training"))),
+            help="what is summarised: accuracy at the end, at the early-stop iteration, or before training"),
+        arg("--compact", action="store_true", help="also write each table as one file (results.parquet), as a "
+                                                   "finished sweep has it"))),
     Command(("report",), "figures (PNG), tables (CSV) and one HTML page from sweeps' Parquet tables; logged to "
                          "each sweep's MLflow run", "views:report", (
         arg("dirs", nargs="+", metavar="DIR", help="sweep folders (<storage>/<name>); several are drawn together, "

@@ -27,6 +27,11 @@ def results(args: argparse.Namespace) -> int:
     """The report's summary table (or its stability table), as text, CSV or JSON."""
     fs.check_storage(args.dir, write=False)
     tables = sweep_folder.read_tables(args.dir)
+    if args.compact:
+        for name, table in tables.items():
+            if table.num_rows:
+                sweep_folder.compact(args.dir, name)
+                print(f"{args.dir}/{name}: {table.num_rows} rows in one file", file=sys.stderr)
     stability, levels = tables[STABILITY_SUMMARY], tables[RESULTS]
     name = STABILITY_SUMMARY if stability.num_rows else RESULTS
     if not (stability.num_rows or levels.num_rows):
@@ -51,15 +56,15 @@ def results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tracking_of(directory: str) -> tuple[str | None, str | None]:
-    """(tracking URI, experiment) of a sweep folder, or of a storage folder holding mlflow.db."""
+def _tracking_of(directory: str) -> tuple[str | None, str | None, str | None]:
+    """(tracking URI, experiment, sweep id) of a sweep folder, or of a storage folder holding mlflow.db."""
     from orchestrator.tracking.client import default_uri
 
     if (record := sweep_folder.read_record(directory)) is not None:
-        return record["tracking_uri"], record["experiment"]
+        return record["tracking_uri"], record["experiment"], record["sweep_id"]
     if (Path(fs.filesystem(directory)[1]) / "mlflow.db").exists():
-        return default_uri(directory), None
-    return None, None
+        return default_uri(directory), None, None
+    return None, None, None
 
 
 def report(args: argparse.Namespace) -> int:
@@ -119,7 +124,7 @@ def ui(args: argparse.Namespace) -> int:
     from orchestrator.tracking.client import experiment_link, is_local
 
     directory = args.dir or os.environ.get("LTH_STORAGE") or "runs/sweeps"
-    uri, experiment = _tracking_of(directory)
+    uri, experiment, sweep_id = _tracking_of(directory)
     if uri is None:
         raise ConfigError(directory, ["no MLflow store here: give a sweep folder (<storage>/<name>) or the storage "
                                       "folder holding mlflow.db (runs/sweeps by default)"])
@@ -148,7 +153,7 @@ def ui(args: argparse.Namespace) -> int:
             print(f"error: mlflow server exited ({server.returncode}); is port {port} in use? (--port)",
                   file=sys.stderr)
             return 1
-        link = experiment_link(uri, address, experiment) if experiment else address
+        link = experiment_link(uri, address, experiment, sweep_id) if experiment else address
         print(f"MLflow UI for {uri}:\n  {link}\n(Ctrl-C stops it)", flush=True)
         server.wait()
     except KeyboardInterrupt:

@@ -137,9 +137,15 @@ def children(mlflow_client, target: Target) -> dict[str, Any]:
             return out
 
 
-def experiment_link(uri: str, address: str, experiment: str) -> str:
-    """The UI's "model training" runs table of an experiment, or the UI's front page if it has none yet."""
+def experiment_link(uri: str, address: str, experiment: str, sweep_id: str | None = None) -> str:
+    """The UI's "model training" runs table of an experiment (of one sweep's runs, given its id: experiments
+    that several sweeps share hold thousands), or the UI's front page if it has none yet."""
+    import urllib.parse
+
     found = client(uri).get_experiment_by_name(experiment)
     if found is None:
         return address
-    return f"{address}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning"
+    link = f"{address}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning"
+    if sweep_id is None:
+        return link
+    return f"{link}&searchFilter={urllib.parse.quote(f'tags.`lth.sweep_id` = {sweep_id!r}')}"
