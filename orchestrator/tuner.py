@@ -12,9 +12,6 @@ from typing import Any, Mapping
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our Progress callback is the display
 os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # one line per failure (Progress); tracebacks in files
-# Tune's own per-result files (result.json, progress.csv, TensorBoard events in every trial folder), written by
-# the driver for every result of every trial: the Parquet record and MLflow hold the same numbers.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402

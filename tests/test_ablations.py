@@ -260,7 +260,7 @@ def test_lth_results_summarises_the_start_accuracy(tmp_path, capsys, monkeypatch
 
     monkeypatch.setattr(views.sweep_folder, "read_tables", lambda directory: {
         "results.parquet": ablation_table(), "stability_summary.parquet": ablation_table().slice(0, 0)})
-    assert views.results(SimpleNamespace(dir=str(tmp_path), format="csv", column="start_accuracy")) == 0
+    assert views.results(SimpleNamespace(dir=str(tmp_path), format="csv", column="start_accuracy", compact=False)) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("imp.retrain,level,weights_remaining,seeds,dense_mean")
     assert "random_mask(start=end)_mean" in out.splitlines()[0]

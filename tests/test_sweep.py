@@ -101,7 +101,7 @@ def test_grid_sweep_shares_dense_runs_and_matches_direct_runs(tmp_path, fresh_lo
         "skipped instability vs. rewind iteration", "skipped error along the interpolation path"]
     written = {p.name for p in (tmp_path / "store" / "tiny" / "report").iterdir()}
     assert written == {"accuracy_vs_weights_remaining.png", "early_stop_vs_weights_remaining.png", "matching.csv",
-                       "summary.csv", "report.html"}
+                       "start_accuracy_vs_weights_remaining.png", "summary.csv", "report.html"}
     matching = (tmp_path / "store" / "tiny" / "report" / "matching.csv").read_text().splitlines()
     assert len(matching) == 1 + 8  # a row per setting: 2 lrs x 2 rewind points x 2 rates
     assert "logged under report/ in the sweep's run" in out
