@@ -15,7 +15,7 @@ quickstart: $(VENV)/.installed
 	$(VENV)/bin/lth report runs/sweeps/quickstart
 
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"

@@ -5,7 +5,8 @@
     results/, ...         the sweep's tables as Parquet datasets: every trial's rows, the sweep's columns in
                           front, in files `<trial id>-<rows so far, 6 digits>.parquet`
     results.parquet, ...  each table compacted into one file, when the sweep ends (or `lth results --compact`)
-    trial_<id>/           Tune's trial folder: params.json, checkpoint_NNNNNN/ (the run folder as of a commit)
+    trial_<id>/           Tune's trial folder: params.json (the trial's Tune config, written by the trial itself),
+                          checkpoint_NNNNNN/ (the run folder as of a commit)
     experiment_state-*    Tune's own state
 
 The driver is the tables' only writer: after every commit a trial checkpoints, the driver writes the rows the
@@ -47,6 +48,7 @@ SWEEP_YAML = "sweep.yaml"
 SWEEP_JSON = "sweep.json"
 TRIAL_PREFIX = "trial_"  # a trial's folder: trial_<Tune's trial id>
 CHECKPOINT_PREFIX = "checkpoint_"
+PARAMS = "params.json"  # a trial's Tune config, in its folder
 SWEEP_COLUMNS = [
     ("sweep", pa.string()),  # the sweep's name (its folder)
     ("sweep_id", pa.string()),  # unique per launch of a sweep file; kept by `lth sweep resume`
@@ -248,16 +250,43 @@ def progress(filesystem: pafs.FileSystem, path: str, commit_tables: Sequence[str
     return sum(fs.rows(filesystem, f"{path}/{name}") for name in commit_tables)
 
 
+def _checkpoints(filesystem: pafs.FileSystem, trial_path: str, commit_tables: Sequence[str],
+                 manifests: bool) -> list[tuple[int, str]]:
+    """(committed rows, path) of each checkpoint in a trial folder, the most advanced first; -1 rows for an
+    incomplete one."""
+    found = [(progress(filesystem, info.path, commit_tables) if complete(filesystem, info.path, manifests) else -1,
+              info.path)
+             for info in filesystem.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
+             if info.type == pafs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX)]
+    return sorted(found, reverse=True)
+
+
 def latest_checkpoint(filesystem: pafs.FileSystem, trial_path: str, commit_tables: Sequence[str],
                       manifests: bool = True) -> tuple[str | None, int]:
     """The trial's complete checkpoint with the most committed rows, and that count."""
-    best, best_rows = None, 0
-    for info in filesystem.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True)):
-        if info.type == pafs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX):
-            if complete(filesystem, info.path, manifests) and (
-                    rows := progress(filesystem, info.path, commit_tables)) > best_rows:
-                best, best_rows = info.path, rows
-    return best, best_rows
+    found = _checkpoints(filesystem, trial_path, commit_tables, manifests)
+    return (found[0][1], found[0][0]) if found and found[0][0] > 0 else (None, 0)
+
+
+def prune_checkpoints(filesystem: pafs.FileSystem, trial_path: str, commit_tables: Sequence[str], keep: int) -> None:
+    """Delete all but the trial's `keep` most advanced complete checkpoints (incomplete ones go first).
+    Trials prune their own, after Tune has taken each new one: Tune's pruning (`CheckpointConfig(num_to_keep)`)
+    forces an experiment snapshot every `num_to_keep` checkpoints of any trial, driver work per commit that
+    grows with the sweep's size (bench/scale.py)."""
+    for _, path in _checkpoints(filesystem, trial_path, commit_tables, manifests=True)[keep:]:
+        filesystem.delete_dir(path)
+
+
+def write_params(filesystem: pafs.FileSystem, trial_path: str, config: Mapping[str, Any]) -> None:
+    """The trial's Tune config as `params.json`, once, before its first checkpoint (one PUT on object stores).
+    Written by the trial, not by Tune's JSON logger: the driver runs without Tune's per-result loggers, whose
+    files would cost it work on every result of every trial."""
+    path = f"{trial_path}/{PARAMS}"
+    if filesystem.get_file_info(path).type == pafs.FileType.File:
+        return  # a retry or a resumed trial: the config it was made with stands
+    filesystem.create_dir(trial_path, recursive=True)
+    with filesystem.open_output_stream(path) as f:
+        f.write(json.dumps(dict(config), sort_keys=True, indent=2, default=str).encode())
 
 
 @dataclass(frozen=True)
@@ -282,10 +311,10 @@ def stored_trials(directory: str, commit_tables: Sequence[str]) -> dict[str, Sto
         if trial.type != pafs.FileType.Directory or not trial.base_name.startswith(TRIAL_PREFIX):
             continue
         try:
-            with filesystem.open_input_stream(f"{trial.path}/params.json") as f:
+            with filesystem.open_input_stream(f"{trial.path}/{PARAMS}") as f:
                 params = json.loads(f.read())
         except (OSError, ValueError):
-            continue  # Tune writes params.json first: a folder without one holds nothing yet
+            continue  # written before the first checkpoint: a folder without one holds nothing yet
         trial_id = trial.base_name[len(TRIAL_PREFIX):]
         checkpoint = latest_checkpoint(filesystem, trial.path, commit_tables, manifests)[0]
         out[trial_id] = StoredTrial(trial_id, params, filesystem, checkpoint)

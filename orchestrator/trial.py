@@ -104,6 +104,10 @@ class TrialReporter(Reporter):
             metrics["mlflow_failures"] = self.tracking.failures
         write_manifest(self.workdir)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(self.workdir)))
+        # Tune returns from report once the driver has taken the checkpoint (its record read): older ones can go.
+        storage = tune.get_context().get_storage()
+        sweep_folder.prune_checkpoints(storage.storage_filesystem, storage.trial_fs_path, self.flow.commit_tables,
+                                       self.spec.keep_checkpoints)
 
 
 def restore(workdir: Path, flow: Workflow, manifests: bool) -> int:
@@ -148,6 +152,8 @@ def run_trial(config: Mapping[str, Any], spec: SweepSpec, rewind_points: Mapping
     workdir = Path(tempfile.gettempdir()) / "lth-trials" / context.get_experiment_name() / trial_id
     tracking = None if target is None else TrialLog(target, TrialRecord(trial_id, cfg, spec.overrides(config), flow))
     reporter = TrialReporter(spec, cfg, workdir, trial_id, tracking)
+    storage = context.get_storage()
+    sweep_folder.write_params(storage.storage_filesystem, storage.trial_fs_path, config)
     try:
         tune_knows = restore(workdir, flow, manifests)
         points = [*rewind_points.get(dense_hash(cfg), []), cfg.imp.rewind_iter]

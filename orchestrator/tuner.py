@@ -12,6 +12,12 @@ from typing import Any, Mapping
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our Progress callback is the display
 os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # one line per failure (Progress); tracebacks in files
+# Tune's own per-result files (result.json, progress.csv, TensorBoard events in every trial folder), written by
+# the driver for every result of every trial: the Parquet record and MLflow hold the same numbers.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# Tune keeps every checkpoint's entry (trials prune their checkpoints themselves: sweep_folder.prune_checkpoints);
+# without their metrics each entry is a path, so the experiment state grows by a path per commit.
+os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -208,7 +214,8 @@ def run(spec: SweepSpec, *, resume: bool = False, tracking_uri: str | None = Non
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=spec.storage, verbose=0, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints)))
+                # Not Tune's num_to_keep: it forces an experiment snapshot every num_to_keep commits of any trial.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
     results = tuner.fit()
     ray.kill(claims)
     trials = sweep_folder.collect(tables, flow, spec.overrides)
