@@ -5,8 +5,8 @@
     results/, ...         the sweep's tables as Parquet datasets: every trial's rows, the sweep's columns in
                           front, in files `<trial id>-<rows so far, 6 digits>.parquet`
     results.parquet, ...  each table compacted into one file, when the sweep ends (or `lth results --compact`)
-    trial_<id>/           Tune's trial folder: params.json (the trial's Tune config, written by the trial itself),
-                          checkpoint_NNNNNN/ (the run folder as of a commit)
+    trial_<id>/           Tune's trial folder: params.json, checkpoint_NNNNNN/ (the run folder as of a commit);
+                          orchestrator/trial_folder.py reads and writes them
     experiment_state-*    Tune's own state
 
 The driver is the tables' only writer: after every commit a trial checkpoints, the driver writes the rows the
@@ -36,10 +36,10 @@ import pyarrow.parquet as pq
 import yaml
 
 from orchestrator import fs
+from orchestrator.trial_folder import PARAMS, latest_checkpoint
 from orchestrator.tracking.client import resolve_uri
 from orchestrator.workflows import Workflow, table_schemas
 from trainables.config import ConfigError, as_made, to_dict
-from trainables.layout import MANIFEST
 
 if TYPE_CHECKING:
     from orchestrator.spec import SweepSpec
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
 SWEEP_YAML = "sweep.yaml"
 SWEEP_JSON = "sweep.json"
 TRIAL_PREFIX = "trial_"  # a trial's folder: trial_<Tune's trial id>
-CHECKPOINT_PREFIX = "checkpoint_"
-PARAMS = "params.json"  # a trial's Tune config, in its folder
 SWEEP_COLUMNS = [
     ("sweep", pa.string()),  # the sweep's name (its folder)
     ("sweep_id", pa.string()),  # unique per launch of a sweep file; kept by `lth sweep resume`
@@ -229,64 +227,6 @@ def record(tables: Mapping[str, SweepTable], trial_id: str, overrides: Mapping[s
 
 # ---------------------------------------------------------------------------------------------
 # trial folders and their checkpoints
-
-
-def complete(filesystem: pafs.FileSystem, path: str, manifests: bool = True) -> bool:
-    """Whether a checkpoint holds every file its manifest lists, whole. A checkpoint whose upload was cut
-    short (a lost node: Tune uploads files in no fixed order) lacks the manifest or some of its files.
-    `manifests` false: a sweep made before checkpoints carried one, whose checkpoints are taken as they are."""
-    try:
-        with filesystem.open_input_stream(f"{path}/{MANIFEST}") as f:
-            listed = json.loads(f.read())
-    except (OSError, ValueError):
-        return not manifests
-    infos = filesystem.get_file_info([f"{path}/{name}" for name in listed])
-    return all(i.type == pafs.FileType.File and i.size == size for i, size in zip(infos, listed.values()))
-
-
-def progress(filesystem: pafs.FileSystem, path: str, commit_tables: Sequence[str]) -> int:
-    """Committed rows in a run folder: grows with every commit, so the larger of two copies of a trial's
-    folder is the more advanced."""
-    return sum(fs.rows(filesystem, f"{path}/{name}") for name in commit_tables)
-
-
-def _checkpoints(filesystem: pafs.FileSystem, trial_path: str, commit_tables: Sequence[str],
-                 manifests: bool) -> list[tuple[int, str]]:
-    """(committed rows, path) of each checkpoint in a trial folder, the most advanced first; -1 rows for an
-    incomplete one."""
-    found = [(progress(filesystem, info.path, commit_tables) if complete(filesystem, info.path, manifests) else -1,
-              info.path)
-             for info in filesystem.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
-             if info.type == pafs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX)]
-    return sorted(found, reverse=True)
-
-
-def latest_checkpoint(filesystem: pafs.FileSystem, trial_path: str, commit_tables: Sequence[str],
-                      manifests: bool = True) -> tuple[str | None, int]:
-    """The trial's complete checkpoint with the most committed rows, and that count."""
-    found = _checkpoints(filesystem, trial_path, commit_tables, manifests)
-    return (found[0][1], found[0][0]) if found and found[0][0] > 0 else (None, 0)
-
-
-def prune_checkpoints(filesystem: pafs.FileSystem, trial_path: str, commit_tables: Sequence[str], keep: int) -> None:
-    """Delete all but the trial's `keep` most advanced complete checkpoints (incomplete ones go first).
-    Trials prune their own, after Tune has taken each new one: Tune's pruning (`CheckpointConfig(num_to_keep)`)
-    forces an experiment snapshot every `num_to_keep` checkpoints of any trial, driver work per commit that
-    grows with the sweep's size (bench/scale.py)."""
-    for _, path in _checkpoints(filesystem, trial_path, commit_tables, manifests=True)[keep:]:
-        filesystem.delete_dir(path)
-
-
-def write_params(filesystem: pafs.FileSystem, trial_path: str, config: Mapping[str, Any]) -> None:
-    """The trial's Tune config as `params.json`, once, before its first checkpoint (one PUT on object stores).
-    Written by the trial, not by Tune's JSON logger: the driver runs without Tune's per-result loggers, whose
-    files would cost it work on every result of every trial."""
-    path = f"{trial_path}/{PARAMS}"
-    if filesystem.get_file_info(path).type == pafs.FileType.File:
-        return  # a retry or a resumed trial: the config it was made with stands
-    filesystem.create_dir(trial_path, recursive=True)
-    with filesystem.open_output_stream(path) as f:
-        f.write(json.dumps(dict(config), sort_keys=True, indent=2, default=str).encode())
 
 
 @dataclass(frozen=True)

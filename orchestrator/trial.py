@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 import ray
 from ray import tune
 
-from orchestrator import sweep_folder
+from orchestrator import trial_folder
 from orchestrator.dense_cache import DenseStore, acquire
 from orchestrator.spec import SweepSpec
 from orchestrator.tracking.client import Target
@@ -106,7 +106,7 @@ class TrialReporter(Reporter):
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(self.workdir)))
         # Tune returns from report once the driver has taken the checkpoint (its record read): older ones can go.
         storage = tune.get_context().get_storage()
-        sweep_folder.prune_checkpoints(storage.storage_filesystem, storage.trial_fs_path, self.flow.commit_tables,
+        trial_folder.prune(storage.storage_filesystem, storage.trial_fs_path, self.flow.commit_tables,
                                        self.spec.keep_checkpoints)
 
 
@@ -115,8 +115,8 @@ def restore(workdir: Path, flow: Workflow, manifests: bool) -> int:
     rows) of the checkpoint Tune knows of."""
     known = tune.get_checkpoint()
     storage = tune.get_context().get_storage()
-    local = sweep_folder.progress(pafs.LocalFileSystem(), str(workdir), flow.commit_tables) if workdir.exists() else 0
-    best, rows = sweep_folder.latest_checkpoint(storage.storage_filesystem, storage.trial_fs_path,
+    local = trial_folder.progress(pafs.LocalFileSystem(), str(workdir), flow.commit_tables) if workdir.exists() else 0
+    best, rows = trial_folder.latest_checkpoint(storage.storage_filesystem, storage.trial_fs_path,
                                                 flow.commit_tables, manifests)
     if best is not None and rows > local:
         # Downloaded beside the run folder and renamed into place once whole: a process killed mid-download
@@ -126,7 +126,7 @@ def restore(workdir: Path, flow: Workflow, manifests: bool) -> int:
         tune.Checkpoint(best, storage.storage_filesystem).to_directory(str(partial))
         shutil.rmtree(workdir, ignore_errors=True)
         partial.rename(workdir)
-    return sweep_folder.progress(known.filesystem, known.path, flow.commit_tables) if known else 0
+    return trial_folder.progress(known.filesystem, known.path, flow.commit_tables) if known else 0
 
 
 def _permanent(exc: BaseException, trial_id: str) -> PermanentTrialError:
@@ -153,13 +153,13 @@ def run_trial(config: Mapping[str, Any], spec: SweepSpec, rewind_points: Mapping
     tracking = None if target is None else TrialLog(target, TrialRecord(trial_id, cfg, spec.overrides(config), flow))
     reporter = TrialReporter(spec, cfg, workdir, trial_id, tracking)
     storage = context.get_storage()
-    sweep_folder.write_params(storage.storage_filesystem, storage.trial_fs_path, config)
+    trial_folder.write_params(storage.storage_filesystem, storage.trial_fs_path, config)
     try:
         tune_knows = restore(workdir, flow, manifests)
         points = [*rewind_points.get(dense_hash(cfg), []), cfg.imp.rewind_iter]
         dense_dir = acquire(cfg, points, DenseStore(spec.storage), trial_id, reporter)
         run = flow.make_run(cfg, workdir, reporter, dense_dir, spec.masks_from)
-        if sweep_folder.progress(pafs.LocalFileSystem(), str(workdir), flow.commit_tables) > tune_knows:
+        if trial_folder.progress(pafs.LocalFileSystem(), str(workdir), flow.commit_tables) > tune_knows:
             reporter.report()  # what Tune lost with a killed driver
         else:
             reporter.track()  # a retry: its MLflow run may lack what an earlier attempt could not log

@@ -15,7 +15,7 @@ os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # one line per failur
 # Tune's own per-result files (result.json, progress.csv, TensorBoard events in every trial folder), written by
 # the driver for every result of every trial: the Parquet record and MLflow hold the same numbers.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-# Tune keeps every checkpoint's entry (trials prune their checkpoints themselves: sweep_folder.prune_checkpoints);
+# Tune keeps every checkpoint's entry (trials prune their checkpoints themselves: trial_folder.prune);
 # without their metrics each entry is a path, so the experiment state grows by a path per commit.
 os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
 

@@ -6,10 +6,12 @@ import json
 import time
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
 from orchestrator.spec import parse_sweep
+from orchestrator.trial_folder import latest_checkpoint
 
 COLUMNS = ["level", "variant", "weights_remaining", "test_accuracy", "test_loss", "val_loss", "early_stop_iter",
            "early_stop_accuracy"]
@@ -61,9 +63,9 @@ def trial_results(experiment: Path) -> dict[str, "object"]:
     """config hash -> the trial's per-level results (from its latest checkpoint), sorted."""
     out = {}
     for trial in experiment.glob("trial_*"):
-        checkpoints = sorted(trial.glob("checkpoint_*"))
-        if not checkpoints:
+        checkpoint, _ = latest_checkpoint(pafs.LocalFileSystem(), str(trial), ["results.parquet"])
+        if checkpoint is None:
             continue
-        table = pq.read_table(checkpoints[-1] / "results.parquet").to_pandas()
+        table = pq.read_table(f"{checkpoint}/results.parquet").to_pandas()
         out[table.config_hash.iloc[0]] = table.sort_values(["level", "variant"])[COLUMNS].reset_index(drop=True)
     return out

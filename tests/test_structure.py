@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from orchestrator import sweep_folder
+from orchestrator import sweep_folder, trial_folder
 from orchestrator.workflows import KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,14 +90,14 @@ def test_restoring_skips_a_checkpoint_whose_upload_was_cut_short(tmp_path):
         (checkpoint / "weights.pt").write_bytes(b"w" * 100)
         write_manifest(checkpoint)
     fs = pafs.LocalFileSystem()
-    assert sweep_folder.latest_checkpoint(fs, str(trial), [RESULTS]) == (str(trial / "checkpoint_000002"), 5)
+    assert trial_folder.latest_checkpoint(fs, str(trial), [RESULTS]) == (str(trial / "checkpoint_000002"), 5)
     newest = trial / "checkpoint_000002"
     (newest / "weights.pt").write_bytes(b"w" * 10)  # a file still being uploaded
-    assert sweep_folder.latest_checkpoint(fs, str(trial), [RESULTS]) == (str(trial / "checkpoint_000001"), 3)
+    assert trial_folder.latest_checkpoint(fs, str(trial), [RESULTS]) == (str(trial / "checkpoint_000001"), 3)
     (newest / "weights.pt").unlink()  # ... or not uploaded yet
-    assert sweep_folder.latest_checkpoint(fs, str(trial), [RESULTS])[0] == str(trial / "checkpoint_000001")
+    assert trial_folder.latest_checkpoint(fs, str(trial), [RESULTS])[0] == str(trial / "checkpoint_000001")
     (newest / "manifest.json").unlink()  # the manifest itself not there yet
-    assert sweep_folder.latest_checkpoint(fs, str(trial), [RESULTS])[0] == str(trial / "checkpoint_000001")
+    assert trial_folder.latest_checkpoint(fs, str(trial), [RESULTS])[0] == str(trial / "checkpoint_000001")
     # Sweeps launched before checkpoints carried a manifest: taken by their row counts, as they were.
-    assert sweep_folder.latest_checkpoint(fs, str(trial), [RESULTS], manifests=False)[0] == str(newest)
+    assert trial_folder.latest_checkpoint(fs, str(trial), [RESULTS], manifests=False)[0] == str(newest)
     assert json.loads((trial / "checkpoint_000001" / "manifest.json").read_text())["weights.pt"] == 100

@@ -78,10 +78,10 @@ def test_grid_sweep_shares_dense_runs_and_matches_direct_runs(tmp_path, fresh_lo
     per_trial = collections.Counter(e["trial"] for e in entries if e["variant"] != "dense")
     assert sorted(per_trial.values()) == [6] * 8  # 3 levels x (ticket + reinit), nothing repeated
 
-    # Storage stays bounded: one checkpoint per trial, every mask, only the latest trained weights,
-    # no rewind states (those live once per dense run).
+    # Storage stays bounded: one checkpoint per trial (the others pruned to a marker), every mask, only the
+    # latest trained weights, no rewind states (those live once per dense run).
     for trial in (tmp_path / "store" / "tiny").glob("trial_*"):
-        (checkpoint,) = trial.glob("checkpoint_*")
+        (checkpoint,) = [c for c in trial.glob("checkpoint_*") if [f.name for f in c.iterdir()] != ["pruned"]]
         files = {str(f.relative_to(checkpoint)) for f in checkpoint.rglob("*") if f.is_file()}
         assert {f for f in files if f.endswith(".pt")} == {
             *(f"checkpoints/level_{lvl:03d}/mask.pt" for lvl in range(4)), "checkpoints/level_003/weights.pt"}

@@ -17,7 +17,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from orchestrator import fs, sweep_folder, tuner
+from orchestrator import fs, sweep_folder, trial_folder, tuner
 from orchestrator.dense_cache import UPLOAD_HOOK, DenseStore
 from orchestrator.trial import TRAINING_LOG
 from tests.s3_helpers import PAUSE_DIR
@@ -90,9 +90,9 @@ def test_a_node_lost_while_uploading_a_dense_run_costs_only_that_dense_run(s3, t
     # one, though it holds more rows.
     trial = next(iter(stored.values()))
     filesystem, root = fs.filesystem(f"{storage}/lost/{sweep_folder.TRIAL_PREFIX}{trial.trial_id}")
-    partial = f"{root}/{sweep_folder.CHECKPOINT_PREFIX}999999"
+    partial = f"{root}/{trial_folder.CHECKPOINT_PREFIX}999999"
     filesystem.create_dir(partial)
     table = trial.rows(RESULTS, flow.run_tables[RESULTS])
     fs.write_table(pa.concat_tables([table, table]), f"s3://{partial}", RESULTS)
-    best, _ = sweep_folder.latest_checkpoint(filesystem, root, flow.commit_tables)
+    best, _ = trial_folder.latest_checkpoint(filesystem, root, flow.commit_tables)
     assert best == trial.checkpoint and isinstance(filesystem, pafs.S3FileSystem)

@@ -12,7 +12,7 @@ import torch
 import yaml
 from mlflow.entities import Metric  # noqa: F401 - imported here so no test pays MLflow's import
 
-from orchestrator import sweep_folder
+from orchestrator import sweep_folder, trial_folder
 from orchestrator.spec import Search
 from orchestrator.tracking.client import Target, log_batch
 from orchestrator.tracking.sync import RunState, TrialRecord, sync_trial
@@ -198,23 +198,33 @@ def test_a_mask_made_under_another_config_or_not_yet_made_is_never_reused(tmp_pa
     assert (tmp_path / "trial_same" / "checkpoint_000001" / MANIFEST).exists()
 
 
-def test_a_trial_keeps_its_most_advanced_complete_checkpoints(tmp_path):
+def test_a_trial_keeps_its_most_advanced_complete_checkpoints_and_marks_the_rest(tmp_path):
     import pyarrow.fs as pafs
 
     trial = tmp_path / "trial_a"
     for index, commits, manifest in [(1, 1, True), (2, 2, True), (3, 3, False), (4, 1, True)]:
         checkpoint = trial / f"checkpoint_{index:06d}"
-        checkpoint.mkdir(parents=True)
+        (checkpoint / "masks").mkdir(parents=True)
         write_atomic(table_of(level_rows({level: {"dense": 0.9} for level in range(commits)}), LEVELS_SCHEMA),
                      checkpoint / RESULTS)
         if manifest:
             write_manifest(checkpoint)
     local = pafs.LocalFileSystem()
-    assert sweep_folder.latest_checkpoint(local, str(trial), [RESULTS]) == (str(trial / "checkpoint_000002"), 2)
-    sweep_folder.prune_checkpoints(local, str(trial), [RESULTS], keep=3)  # ordered by progress, not by name
-    assert sorted(p.name for p in trial.iterdir()) == ["checkpoint_000001", "checkpoint_000002", "checkpoint_000004"]
-    sweep_folder.prune_checkpoints(local, str(trial), [RESULTS], keep=1)  # the half-uploaded one went first
-    assert [p.name for p in trial.iterdir()] == ["checkpoint_000002"]
+
+    def holding() -> list[str]:
+        return sorted(p.name for p in trial.iterdir() if [f.name for f in p.iterdir()] != [trial_folder.PRUNED])
+
+    assert trial_folder.latest_checkpoint(local, str(trial), [RESULTS]) == (str(trial / "checkpoint_000002"), 2)
+    trial_folder.prune(local, str(trial), [RESULTS], keep=3)  # ordered by progress, not by name
+    assert holding() == ["checkpoint_000001", "checkpoint_000002", "checkpoint_000004"]
+    trial_folder.prune(local, str(trial), [RESULTS], keep=1)  # the half-uploaded one went first
+    assert holding() == ["checkpoint_000002"]
+    # Pruned folders stay, a marker in each: Tune refuses to restore from a checkpoint path that is gone.
+    assert len(list(trial.iterdir())) == 4
+    assert trial_folder.latest_checkpoint(local, str(trial), [RESULTS]) == (str(trial / "checkpoint_000002"), 2)
+    (trial / "checkpoint_000002" / MANIFEST).unlink()  # a sweep from before manifests takes any unpruned one
+    assert trial_folder.latest_checkpoint(local, str(trial), [RESULTS], manifests=False)[0] == \
+        str(trial / "checkpoint_000002")
 
 
 def test_every_kind_declares_what_the_orchestrator_asks():
