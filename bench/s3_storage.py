@@ -16,12 +16,14 @@ import argparse
 import collections
 import dataclasses
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' moto fixture, run from anywhere
 
 from tests.s3_helpers import start_moto  # noqa: E402
 

@@ -107,7 +107,7 @@ class TrialReporter(Reporter):
         # Tune returns from report once the driver has taken the checkpoint (its record read): older ones can go.
         storage = tune.get_context().get_storage()
         trial_folder.prune(storage.storage_filesystem, storage.trial_fs_path, self.flow.commit_tables,
-                                       self.spec.keep_checkpoints)
+                           self.spec.keep_checkpoints)
 
 
 def restore(workdir: Path, flow: Workflow, manifests: bool) -> int:
