@@ -21,7 +21,7 @@ Everything is checked before anything runs, by the same schema builder as config
     max_concurrent: 4
     max_failures: 2                     # retries of a failed trial, each from its last commit
     storage: runs/sweeps                # a local folder or a URI pyarrow understands (s3://bucket/lth)
-    checkpoints: {keep: 1}              # Tune checkpoints kept per trial
+    checkpoints: {keep: 1}              # checkpoints kept per trial (older ones emptied by the trial)
     masks_from: runs/sweeps/lenet       # stability: take IMP masks from this sweep's matching trials
     tracking: {uri: http://head:5000}   # MLflow; default: $MLFLOW_TRACKING_URI, else <storage>/mlflow.db
 """
@@ -82,7 +82,7 @@ class Tracking:
 
 @dataclass(frozen=True)
 class Checkpoints:
-    keep: int = ranged(1, ">=1", "(Tune checkpoints kept per trial)")
+    keep: int = ranged(1, ">=1", "(checkpoints kept per trial; older ones emptied by the trial)")
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
