@@ -26,12 +26,13 @@ PRUNED = "pruned"
 def complete(filesystem: pafs.FileSystem, path: str, manifests: bool = True) -> bool:
     """Whether a checkpoint holds every file its manifest lists, whole. A checkpoint whose upload was cut
     short (a lost node: Tune uploads files in no fixed order) lacks the manifest or some of its files.
-    `manifests` false: a sweep made before checkpoints carried one, whose checkpoints are taken as they are."""
+    `manifests` false: a sweep made before checkpoints carried one, whose checkpoints are taken as they are
+    (a pruned one among them holds no rows, so it is never the most advanced)."""
     try:
         with filesystem.open_input_stream(f"{path}/{MANIFEST}") as f:
             listed = json.loads(f.read())
     except (OSError, ValueError):
-        return not manifests and not _pruned(filesystem, path)
+        return not manifests
     infos = filesystem.get_file_info([f"{path}/{name}" for name in listed])
     return all(i.type == pafs.FileType.File and i.size == size for i, size in zip(infos, listed.values()))
 

@@ -7,6 +7,7 @@ import json
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
+import pyarrow.fs as pafs
 import pytest
 import torch
 import yaml
@@ -199,8 +200,6 @@ def test_a_mask_made_under_another_config_or_not_yet_made_is_never_reused(tmp_pa
 
 
 def test_a_trial_keeps_its_most_advanced_complete_checkpoints_and_marks_the_rest(tmp_path):
-    import pyarrow.fs as pafs
-
     trial = tmp_path / "trial_a"
     for index, commits, manifest in [(1, 1, True), (2, 2, True), (3, 3, False), (4, 1, True)]:
         checkpoint = trial / f"checkpoint_{index:06d}"
